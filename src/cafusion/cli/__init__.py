@@ -1,0 +1,1 @@
+"""The ``cafusion`` command line."""

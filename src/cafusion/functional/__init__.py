@@ -1,0 +1,29 @@
+"""Functional forms of the block: the math on plain tensors, with no module state."""
+
+from cafusion.functional.channel_attention import (
+    ACTS,
+    FUSIONS,
+    GATES,
+    FusionOutput,
+    apply_gate,
+    channel_attention_fusion,
+    excite,
+    route,
+    squeeze,
+)
+from cafusion.functional.temperature import raw_from_temperature, softplus_inverse, temperature_from_raw
+
+__all__ = [
+    "ACTS",
+    "FUSIONS",
+    "GATES",
+    "FusionOutput",
+    "apply_gate",
+    "channel_attention_fusion",
+    "excite",
+    "raw_from_temperature",
+    "route",
+    "softplus_inverse",
+    "squeeze",
+    "temperature_from_raw",
+]

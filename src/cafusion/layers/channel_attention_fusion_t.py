@@ -1,0 +1,191 @@
+"""ChannelAttentionFusionT: channel attention with per-sample avg/max fusion and a temperature gate.
+
+Parameters are stored exactly as the reference stores them (1x1 ``Conv2d`` layers ``fc1``, ``fc2``
+and ``fusion_router.{0,2}``, and the buffer ``T`` or the parameter ``t_raw``), so checkpoints move
+between the two in both directions. The convolutions are weight holders only: the forward runs the
+functional math on (B, C) matrices, which is what lets one module serve 1D, 2D and 3D inputs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from cafusion import _validation as check
+from cafusion.functional import ACTS, FUSIONS, GATES, channel_attention_fusion
+from cafusion.functional.temperature import fill_raw, raw_from_temperature, temperature_from_raw
+
+Inspector = Callable[["ChannelAttentionFusionT", Tensor, "Tensor | None", Tensor], None]
+
+
+class ChannelAttentionFusionT(nn.Module):
+    """Channel attention for (B, C, *spatial) maps with learned avg/max fusion and temperature.
+
+    ``forward(x)`` returns ``(y, ca)``, or ``(y, ca, fusion_w)`` when ``return_fusion_weights`` is
+    set and ``fusion == "softmax"``; y = x * ca, ca is (B, C, 1, ..., 1), fusion_w is (B, 2) with
+    column 0 the weight of the average path.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 16,
+        min_hidden: int = 4,
+        fusion: str = "softmax",
+        gate: str = "sigmoid",
+        temperature: float = 1.0,
+        learnable_temperature: bool = False,
+        eps: float = 1e-6,
+        act: str = "relu",
+        bias: bool = True,
+        fusion_router_hidden: int = 16,
+        return_fusion_weights: bool = False,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.channels = check.positive_int("channels", channels)
+        self.reduction = check.positive_int("reduction", reduction)
+        self.min_hidden = check.positive_int("min_hidden", min_hidden)
+        self.fusion_router_hidden = check.positive_int("fusion_router_hidden", fusion_router_hidden)
+        self.fusion = check.choice("fusion", fusion, FUSIONS)
+        self.gate = check.choice("gate", gate, GATES)
+        self.act = check.choice("act", act, ACTS)
+        self.temperature = check.positive_finite("temperature", temperature)
+        self.eps = check.positive_finite("eps", eps)
+        self.learnable_temperature = check.boolean("learnable_temperature", learnable_temperature)
+        self.bias = check.boolean("bias", bias)
+        self.return_fusion_weights = check.boolean("return_fusion_weights", return_fusion_weights)
+        if self.learnable_temperature:
+            raw_from_temperature(self.temperature, self.eps)  # fails early if temperature <= eps
+        self.hidden = max(self.min_hidden, self.channels // self.reduction)
+
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        # Built in the reference's order so that the same seed gives the same initial weights.
+        self.fc1 = nn.Conv2d(channels, self.hidden, kernel_size=1, bias=bias, **factory)
+        self.fc2 = nn.Conv2d(self.hidden, channels, kernel_size=1, bias=bias, **factory)
+        self.fusion_router: nn.Sequential | None = None
+        if self.fusion == "softmax":
+            self.fusion_router = nn.Sequential(
+                nn.Conv2d(2 * channels, fusion_router_hidden, kernel_size=1, bias=True, **factory),
+                nn.ReLU(),
+                nn.Conv2d(fusion_router_hidden, 2, kernel_size=1, bias=True, **factory),
+            )
+        if self.learnable_temperature:
+            self.t_raw = nn.Parameter(torch.empty((), **factory))
+        else:
+            self.register_buffer("T", torch.empty((), **factory))
+        self._reset_temperature()
+        self._inspectors: OrderedDict[int, Inspector] = OrderedDict()
+
+    def _reset_temperature(self) -> None:
+        if self.learnable_temperature:
+            fill_raw(self.t_raw, self.temperature, self.eps)
+        else:
+            with torch.no_grad():
+                self.T.fill_(self.temperature)
+
+    def reset_parameters(self) -> None:
+        """Re-draw the MLP and router weights (PyTorch's conv init) and restore the initial temperature."""
+        self.fc1.reset_parameters()
+        self.fc2.reset_parameters()
+        if self.fusion_router is not None:
+            self.fusion_router[0].reset_parameters()
+            self.fusion_router[2].reset_parameters()
+        self._reset_temperature()
+
+    def get_T(self) -> Tensor:
+        """The temperature in effect: the buffer T, or softplus(t_raw) + eps when learnable."""
+        if self.learnable_temperature:
+            return temperature_from_raw(self.t_raw, self.eps)
+        return self.T
+
+    def register_inspector(self, hook: Inspector) -> RemovableHandle:
+        """Call ``hook(module, ca, fusion_w, T)`` after every forward; remove it with ``handle.remove()``.
+
+        Diagnostics need the fusion weights even when forward does not return them; an inspector sees
+        them without changing what user code receives. With no inspector the cost is one dict check.
+        """
+        handle = RemovableHandle(self._inspectors)
+        self._inspectors[handle.id] = hook
+        return handle
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        router = self.fusion_router
+        temperature = self.get_T()
+        y, ca, fusion_w = channel_attention_fusion(
+            x,
+            self.fc1.weight,
+            self.fc1.bias,
+            self.fc2.weight,
+            self.fc2.bias,
+            fusion=self.fusion,
+            router1_weight=None if router is None else router[0].weight,
+            router1_bias=None if router is None else router[0].bias,
+            router2_weight=None if router is None else router[2].weight,
+            router2_bias=None if router is None else router[2].bias,
+            temperature=temperature,
+            gate=self.gate,
+            act=self.act,
+        )
+        for hook in self._inspectors.values():
+            hook(self, ca, fusion_w, temperature)
+        if self.return_fusion_weights and fusion_w is not None:
+            return y, ca, fusion_w
+        return y, ca
+
+    def extra_repr(self) -> str:
+        t = f"{self.temperature:g}" + (" (learnable)" if self.learnable_temperature else "")
+        return (
+            f"channels={self.channels}, hidden={self.hidden}, fusion={self.fusion}, gate={self.gate}, "
+            f"act={self.act}, temperature={t}, eps={self.eps:g}, bias={self.bias}, "
+            f"fusion_router_hidden={self.fusion_router_hidden}, "
+            f"return_fusion_weights={self.return_fusion_weights}"
+        )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Explain a checkpoint saved with another configuration before torch lists raw key errors."""
+        error_msgs.extend(self._config_mismatches(state_dict, prefix, strict))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def _config_mismatches(self, state_dict: dict[str, Any], prefix: str, strict: bool) -> list[str]:
+        msgs: list[str] = []
+        name = f"{type(self).__name__} at '{prefix.rstrip('.') or '<root>'}'"
+        w1 = state_dict.get(prefix + "fc1.weight")
+        if isinstance(w1, Tensor) and w1.dim() >= 2 and tuple(w1.shape[:2]) != (self.hidden, self.channels):
+            msgs.append(
+                f"{name}: checkpoint has channels={w1.shape[1]}, hidden={w1.shape[0]} "
+                f"but this block has channels={self.channels}, hidden={self.hidden}"
+            )
+        if not strict:
+            return msgs
+        has_router = (prefix + "fusion_router.0.weight") in state_dict
+        if has_router != (self.fusion == "softmax"):
+            saved = "softmax" if has_router else "sum"
+            msgs.append(f"{name}: checkpoint was saved with fusion='{saved}' but this block has fusion='{self.fusion}'")
+        has_raw, has_t = (prefix + "t_raw") in state_dict, (prefix + "T") in state_dict
+        if (has_raw or has_t) and has_raw != self.learnable_temperature:
+            saved_t = "learnable (t_raw)" if has_raw else "fixed (buffer T)"
+            mine = "learnable (t_raw)" if self.learnable_temperature else "fixed (buffer T)"
+            msgs.append(f"{name}: checkpoint has a {saved_t} temperature but this block's is {mine}")
+        has_bias = (prefix + "fc1.bias") in state_dict
+        if (prefix + "fc1.weight") in state_dict and has_bias != self.bias:
+            msgs.append(f"{name}: checkpoint has bias={has_bias} but this block has bias={self.bias}")
+        return msgs
