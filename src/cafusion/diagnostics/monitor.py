@@ -1,0 +1,351 @@
+"""FusionMonitor: collects fusion-weight, gate and temperature statistics from every block of a model.
+
+It answers three questions about a trained ``ChannelAttentionFusionT``: does the router prefer avg,
+max, or does it vary per sample (w_avg mean/std/histogram, share preferring max, per-class means)?
+Is the gate saturating (share of ca below/above the thresholds)? Where does the temperature go?
+
+Collection uses the block's inspector hook, so user code is unchanged and the forward output is
+untouched. Each forward only adds into small on-device tensors (no host sync); ``step()`` closes a
+step: it sums the counters across ranks when torch.distributed is initialised, converts them to
+Python numbers once, and appends them to ``history``. After ``detach()`` no hook remains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from cafusion import _validation as check
+from cafusion.layers import ChannelAttentionFusionT
+
+# Layout of the flat counter vector of one block; the histogram and the per-class sums follow it.
+_N, _SUM_W, _SUM_W2, _N_MAX, _N_CA, _CA_LOW, _CA_HIGH, _SUM_T, _N_T = range(9)
+_N_SCALARS = 9
+
+
+@dataclass
+class BlockStats:
+    """Statistics of one block over one step (or over every step, in ``summary()``).
+
+    Fusion fields are None for a sum-fusion block (it has no router). ``class_w_avg`` maps a label
+    to the mean w_avg of the samples with that label (only labels that were seen).
+    """
+
+    block: str
+    step: int | None
+    samples: int
+    w_avg_mean: float | None
+    w_avg_std: float | None
+    prefer_max: float | None
+    hist: list[int] | None
+    class_w_avg: dict[int, float] = field(default_factory=dict)
+    gate_low: float = 0.0
+    gate_high: float = 0.0
+    T: float | None = None
+
+    @property
+    def saturation(self) -> float:
+        """Share of gate values outside (low, high): those channels get almost no gradient."""
+        return self.gate_low + self.gate_high
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "block": self.block,
+            "step": self.step,
+            "samples": self.samples,
+            "w_avg_mean": self.w_avg_mean,
+            "w_avg_std": self.w_avg_std,
+            "prefer_max": self.prefer_max,
+            "hist": self.hist,
+            "class_w_avg": {str(k): v for k, v in self.class_w_avg.items()},
+            "gate_low": self.gate_low,
+            "gate_high": self.gate_high,
+            "saturation": self.saturation,
+            "T": self.T,
+        }
+
+
+class _Counters:
+    """On-device running sums for one block; grows its per-class part when a new label appears."""
+
+    def __init__(self, bins: int, num_classes: int) -> None:
+        self.bins = bins
+        self.num_classes = num_classes
+        self.flat: Tensor | None = None  # created lazily on the block's device
+
+    def _ensure(self, device: torch.device) -> Tensor:
+        if self.flat is None:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            self.flat = torch.zeros(_N_SCALARS + self.bins + 2 * self.num_classes, dtype=dtype, device=device)
+        return self.flat
+
+    def grow(self, num_classes: int) -> None:
+        """Widen the per-class sums (zero-padded) so that ``num_classes`` labels fit."""
+        if num_classes <= self.num_classes:
+            return
+        if self.flat is not None:
+            extra = 2 * (num_classes - self.num_classes)
+            head = self.flat[: _N_SCALARS + self.bins]
+            sums, counts = self.class_parts(self.flat)
+            pad = torch.zeros(extra // 2, dtype=self.flat.dtype, device=self.flat.device)
+            self.flat = torch.cat([head, sums, pad, counts, pad])
+        self.num_classes = num_classes
+
+    def class_parts(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        start = _N_SCALARS + self.bins
+        return flat[start : start + self.num_classes], flat[start + self.num_classes :]
+
+    @torch.no_grad()
+    def add(
+        self,
+        ca: Tensor,
+        fusion_w: Tensor | None,
+        temperature: Tensor,
+        labels: tuple[Tensor, int] | None,
+        lo: float,
+        hi: float,
+    ) -> None:
+        """Add one forward; ``labels`` is (labels, number of classes they need)."""
+        if labels is not None:
+            self.grow(labels[1])
+        flat = self._ensure(ca.device)
+        dtype = flat.dtype
+        ca = ca.detach()
+        flat[_N] += ca.shape[0]
+        scalars = [
+            torch.tensor(float(ca.numel()), dtype=dtype, device=flat.device),
+            (ca < lo).sum().to(dtype),
+            (ca > hi).sum().to(dtype),
+            temperature.detach().to(device=flat.device, dtype=dtype).reshape(()),
+            torch.ones((), dtype=dtype, device=flat.device),
+        ]
+        flat[_N_CA : _N_T + 1] += torch.stack(scalars)
+        if fusion_w is None:
+            return
+        w = fusion_w.detach()[:, 0].to(dtype)
+        flat[_SUM_W] += w.sum()
+        flat[_SUM_W2] += (w * w).sum()
+        flat[_N_MAX] += (w < 0.5).sum().to(dtype)
+        # Histogram by comparison with the bin edges: deterministic on every device, unlike histc.
+        idx = (w * self.bins).long().clamp_(0, self.bins - 1)
+        flat[_N_SCALARS : _N_SCALARS + self.bins] += (idx[:, None] == torch.arange(self.bins, device=w.device)).sum(0)
+        if labels is not None:
+            y = labels[0].to(w.device)
+            if y.shape != w.shape:
+                raise ValueError(
+                    f"FusionMonitor labels have shape {tuple(y.shape)} but the batch has {w.numel()} samples"
+                )
+            onehot = (y[:, None] == torch.arange(self.num_classes, device=w.device)).to(dtype)
+            sums, counts = self.class_parts(flat)
+            sums += onehot.t() @ w
+            counts += onehot.sum(0)
+
+    def take(self) -> Tensor | None:
+        """Return the counters and zero them."""
+        flat = self.flat
+        if flat is not None:
+            self.flat = torch.zeros_like(flat)
+        return flat
+
+
+def _reduce(flat: Tensor, num_classes: int, bins: int) -> Tensor:
+    """Sum the counters over ranks (labels may differ per rank, so the widths are agreed first)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flat
+    width = torch.tensor([num_classes], dtype=torch.int64, device=flat.device)
+    dist.all_reduce(width, op=dist.ReduceOp.MAX)
+    target = int(width.item())
+    if target > num_classes:
+        start = _N_SCALARS + bins
+        pad = torch.zeros(target - num_classes, dtype=flat.dtype, device=flat.device)
+        sums, counts = flat[start : start + num_classes], flat[start + num_classes :]
+        flat = torch.cat([flat[:start], sums, pad, counts, pad])
+    flat = flat.clone()
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    return flat
+
+
+def _stats(name: str, step: int | None, flat: Tensor, bins: int, has_router: bool) -> BlockStats:
+    values = flat.tolist()
+    n_w, n_ca, n_t = values[_N], values[_N_CA], values[_N_T]
+    mean = std = prefer = None
+    hist = None
+    classes: dict[int, float] = {}
+    if has_router and n_w > 0:
+        mean = values[_SUM_W] / n_w
+        std = max(values[_SUM_W2] / n_w - mean * mean, 0.0) ** 0.5
+        prefer = values[_N_MAX] / n_w
+        hist = [int(v) for v in values[_N_SCALARS : _N_SCALARS + bins]]
+        k = (len(values) - _N_SCALARS - bins) // 2
+        sums, counts = values[_N_SCALARS + bins : _N_SCALARS + bins + k], values[_N_SCALARS + bins + k :]
+        classes = {c: s / n for c, (s, n) in enumerate(zip(sums, counts, strict=True)) if n > 0}
+    return BlockStats(
+        block=name,
+        step=step,
+        samples=int(n_w),
+        w_avg_mean=mean,
+        w_avg_std=std,
+        prefer_max=prefer,
+        hist=hist,
+        class_w_avg=classes,
+        gate_low=values[_CA_LOW] / n_ca if n_ca else 0.0,
+        gate_high=values[_CA_HIGH] / n_ca if n_ca else 0.0,
+        T=values[_SUM_T] / n_t if n_t else None,
+    )
+
+
+class FusionMonitor:
+    """Watch every ``ChannelAttentionFusionT`` in ``model`` (found by isinstance, any depth).
+
+    Typical use::
+
+        with FusionMonitor(model) as mon:
+            for x, y in loader:
+                with mon.labels(y):
+                    loss = F.cross_entropy(model(x), y)
+                ...
+                mon.step()
+            print(mon.summary_table())
+
+    ``step()`` closes one step (an iteration or an epoch, as the caller chooses) and returns its
+    per-block stats; ``summary()`` covers every forward since the monitor was created or reset.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        bins: int = 20,
+        low: float = 0.01,
+        high: float = 0.99,
+        num_classes: int | None = None,
+        attach: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.bins = check.positive_int("bins", bins)
+        self.low = check.positive_finite("low", low)
+        self.high = check.positive_finite("high", high)
+        if not self.low < self.high < 1:
+            raise ValueError(f"need 0 < low < high < 1, got low={low!r}, high={high!r}")
+        classes = 0 if num_classes is None else check.positive_int("num_classes", num_classes)
+        self.model = model
+        self.blocks: dict[str, ChannelAttentionFusionT] = {
+            name or "<root>": m for name, m in model.named_modules() if isinstance(m, ChannelAttentionFusionT)
+        }
+        self._step_counters = {name: _Counters(self.bins, classes) for name in self.blocks}
+        self._total_counters = {name: _Counters(self.bins, classes) for name in self.blocks}
+        self._handles: list[RemovableHandle] = []
+        self._labels: tuple[Tensor, int] | None = None
+        self.history: list[BlockStats] = []
+        self.steps = 0
+        if attach:
+            self.attach()
+
+    # -- hooks ---------------------------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> FusionMonitor:
+        """Register one inspector per block (idempotent)."""
+        if not self._handles:
+            for name, block in self.blocks.items():
+                self._handles.append(block.register_inspector(self._make_hook(name)))
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook: the model runs exactly as if the monitor had never existed."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._labels = None
+
+    def __enter__(self) -> FusionMonitor:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+    def _make_hook(self, name: str) -> Any:
+        step, total = self._step_counters[name], self._total_counters[name]
+
+        def hook(module: ChannelAttentionFusionT, ca: Tensor, fusion_w: Tensor | None, temperature: Tensor) -> None:
+            for counters in (step, total):
+                counters.add(ca, fusion_w, temperature, self._labels, self.low, self.high)
+
+        return hook
+
+    # -- labels --------------------------------------------------------------------------------
+    def set_labels(self, labels: Tensor | None) -> None:
+        """Labels (B,) of the next forwards, for per-class means of w_avg; None stops per-class stats."""
+        if labels is None:
+            self._labels = None
+            return
+        if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point():
+            raise TypeError("labels must be a 1-D integer tensor (one class index per sample) or None")
+        classes = 0
+        if labels.numel():
+            lo, hi = (int(v) for v in torch.aminmax(labels))  # one host sync per batch, not per block
+            if lo < 0:
+                raise ValueError(f"labels must be class indices >= 0, got {lo}")
+            classes = hi + 1
+        self._labels = (labels, classes)
+
+    @contextlib.contextmanager
+    def labels(self, labels: Tensor) -> Iterator[None]:
+        """``with monitor.labels(y): model(x)`` — labels apply to the forwards inside the block only."""
+        self.set_labels(labels)
+        try:
+            yield
+        finally:
+            self._labels = None
+
+    # -- results -------------------------------------------------------------------------------
+    def _collect(self, counters: dict[str, _Counters], step: int | None, consume: bool) -> list[BlockStats]:
+        out = []
+        for name, c in counters.items():
+            flat = c.take() if consume else c.flat
+            if flat is None:
+                flat = torch.zeros(_N_SCALARS + self.bins + 2 * c.num_classes, dtype=torch.float64)
+            flat = _reduce(flat, c.num_classes, self.bins)
+            stats = _stats(name, step, flat, self.bins, self.blocks[name].fusion == "softmax")
+            if step is None:  # the summary reports where T is now; a step reports its mean
+                stats.T = float(self.blocks[name].get_T().detach())
+            out.append(stats)
+        return out
+
+    def step(self) -> list[BlockStats]:
+        """Close the current step: reduce its counters over ranks, append them to history, reset them.
+
+        Under torch.distributed every rank must call it (it runs collectives), like any all_reduce.
+        """
+        stats = self._collect(self._step_counters, self.steps, consume=True)
+        self.history.extend(stats)
+        self.steps += 1
+        return stats
+
+    def summary(self) -> list[BlockStats]:
+        """Per-block stats over every forward seen since creation or ``reset()`` (reduced over ranks)."""
+        return self._collect(self._total_counters, None, consume=False)
+
+    def reset(self) -> None:
+        """Forget every counter and the history (the hooks stay as they are)."""
+        for c in (*self._step_counters.values(), *self._total_counters.values()):
+            c.take()
+            c.flat = None
+        self.history.clear()
+        self.steps = 0
+
+    def summary_table(self, stats: list[BlockStats] | None = None) -> str:
+        """A fixed-width text table of ``stats`` (default: ``summary()``), one row per block."""
+        from cafusion.diagnostics.table import format_table
+
+        return format_table(self.summary() if stats is None else stats)

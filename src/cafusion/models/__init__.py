@@ -1,0 +1,5 @@
+"""Small reference models used by the demo, the trainer and the tests."""
+
+from cafusion.models.small_cnn import SmallCNN
+
+__all__ = ["SmallCNN"]
