@@ -1,0 +1,60 @@
+"""CBAM's channel attention (Woo et al., 2018), without the spatial branch.
+
+The closest baseline to this library's block: the same shared MLP on the average and the max, but
+fused by a plain sum, no temperature and no router. Comparing the two isolates what the learned
+fusion and the temperature add. Rank-agnostic, channels first, timm-style constructor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cafusion import _validation as check
+from cafusion.layers._act import GATES, activate, broadcast, gate_fn, resolve_act
+
+
+class CbamChannelAttention(nn.Module):
+    """y = x * gate(mlp(mean(x)) + mlp(max(x))), the statistics taken over every dim after C."""
+
+    def __init__(
+        self,
+        channels: int,
+        reduction: int = 16,
+        min_hidden: int = 4,
+        act: str | None = None,
+        gate: str = "sigmoid",
+        bias: bool = True,
+        *,
+        act_layer: Any = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.channels = check.positive_int("channels", channels)
+        self.reduction = check.positive_int("reduction", reduction)
+        self.min_hidden = check.positive_int("min_hidden", min_hidden)
+        self.act = resolve_act(act, act_layer)
+        self.gate = check.choice("gate", gate, GATES)
+        check.boolean("bias", bias)
+        self.hidden = max(self.min_hidden, self.channels // self.reduction)
+        self.fc1 = nn.Linear(channels, self.hidden, bias=bias, device=device, dtype=dtype)
+        self.fc2 = nn.Linear(self.hidden, channels, bias=bias, device=device, dtype=dtype)
+
+    def _mlp(self, s: Tensor) -> Tensor:
+        out: Tensor = self.fc2(activate(self.fc1(s), self.act))
+        return out
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():  # type: ignore[attr-defined]
+            check.feature_map("x", x, self.channels)
+        flat = x.flatten(2)
+        avg = flat.mean(-1).to(self.fc1.weight.dtype)
+        mx = flat.amax(-1).to(self.fc1.weight.dtype)
+        weights = gate_fn(self._mlp(avg) + self._mlp(mx), self.gate)
+        return x * broadcast(weights, x)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, hidden={self.hidden}, act={self.act}, gate={self.gate}"
