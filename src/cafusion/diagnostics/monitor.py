@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -349,3 +350,23 @@ class FusionMonitor:
         from cafusion.diagnostics.table import format_table
 
         return format_table(self.summary() if stats is None else stats)
+
+    # -- output --------------------------------------------------------------------------------
+    def to_json(self, path: str | Path) -> Path:
+        """Summary and history as JSON (see ``cafusion.diagnostics.export``)."""
+        from cafusion.diagnostics.export import to_json
+
+        return to_json(self, path)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """History (one row per step and block) as CSV."""
+        from cafusion.diagnostics.export import to_csv
+
+        return to_csv(self, path)
+
+    def log_tensorboard(self, writer: Any, step: int | None = None) -> None:
+        """Log the last closed step to a ``torch.utils.tensorboard.SummaryWriter``."""
+        from cafusion.diagnostics.export import log_tensorboard
+
+        last = [s for s in self.history if s.step == self.steps - 1]
+        log_tensorboard(last, writer, self.steps - 1 if step is None else step)
