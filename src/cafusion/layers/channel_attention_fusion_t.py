@@ -19,6 +19,7 @@ from torch.utils.hooks import RemovableHandle
 from cafusion import _validation as check
 from cafusion.functional import ACTS, FUSIONS, GATES, channel_attention_fusion
 from cafusion.functional.temperature import fill_raw, raw_from_temperature, temperature_from_raw
+from cafusion.kernels import IMPLS
 
 Inspector = Callable[["ChannelAttentionFusionT", Tensor, "Tensor | None", Tensor], None]
 
@@ -46,6 +47,7 @@ class ChannelAttentionFusionT(nn.Module):
         fusion_router_hidden: int = 16,
         return_fusion_weights: bool = False,
         *,
+        impl: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -62,6 +64,8 @@ class ChannelAttentionFusionT(nn.Module):
         self.learnable_temperature = check.boolean("learnable_temperature", learnable_temperature)
         self.bias = check.boolean("bias", bias)
         self.return_fusion_weights = check.boolean("return_fusion_weights", return_fusion_weights)
+        # "auto" | "fast" | "reference": which implementation forward uses (see functional); not state.
+        self.impl = check.choice("impl", impl, IMPLS)
         if self.learnable_temperature:
             raw_from_temperature(self.temperature, self.eps)  # fails early if temperature <= eps
         self.hidden = max(self.min_hidden, self.channels // self.reduction)
@@ -106,6 +110,14 @@ class ChannelAttentionFusionT(nn.Module):
             return temperature_from_raw(self.t_raw, self.eps)
         return self.T
 
+    def _router_layers(self) -> tuple[nn.Conv2d | None, nn.Conv2d | None]:
+        """The router's two 1x1 convolutions (weight holders), or Nones for sum fusion."""
+        if self.fusion_router is None:
+            return None, None
+        first, second = self.fusion_router[0], self.fusion_router[2]
+        assert isinstance(first, nn.Conv2d) and isinstance(second, nn.Conv2d)
+        return first, second
+
     def register_inspector(self, hook: Inspector) -> RemovableHandle:
         """Call ``hook(module, ca, fusion_w, T)`` after every forward; remove it with ``handle.remove()``.
 
@@ -117,7 +129,7 @@ class ChannelAttentionFusionT(nn.Module):
         return handle
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        router = self.fusion_router
+        r1, r2 = self._router_layers()
         temperature = self.get_T()
         y, ca, fusion_w = channel_attention_fusion(
             x,
@@ -126,13 +138,14 @@ class ChannelAttentionFusionT(nn.Module):
             self.fc2.weight,
             self.fc2.bias,
             fusion=self.fusion,
-            router1_weight=None if router is None else router[0].weight,
-            router1_bias=None if router is None else router[0].bias,
-            router2_weight=None if router is None else router[2].weight,
-            router2_bias=None if router is None else router[2].bias,
+            router1_weight=None if r1 is None else r1.weight,
+            router1_bias=None if r1 is None else r1.bias,
+            router2_weight=None if r2 is None else r2.weight,
+            router2_bias=None if r2 is None else r2.bias,
             temperature=temperature,
             gate=self.gate,
             act=self.act,
+            impl=self.impl,
         )
         for hook in self._inspectors.values():
             hook(self, ca, fusion_w, temperature)
@@ -146,7 +159,7 @@ class ChannelAttentionFusionT(nn.Module):
             f"channels={self.channels}, hidden={self.hidden}, fusion={self.fusion}, gate={self.gate}, "
             f"act={self.act}, temperature={t}, eps={self.eps:g}, bias={self.bias}, "
             f"fusion_router_hidden={self.fusion_router_hidden}, "
-            f"return_fusion_weights={self.return_fusion_weights}"
+            f"return_fusion_weights={self.return_fusion_weights}, impl={self.impl}"
         )
 
     def _load_from_state_dict(
