@@ -32,6 +32,9 @@ class ChannelAttentionFusionT(nn.Module):
     column 0 the weight of the average path.
     """
 
+    T: Tensor  # the fixed temperature buffer (absent when learnable)
+    t_raw: nn.Parameter  # the learnable temperature's raw value (absent when fixed)
+
     def __init__(
         self,
         channels: int,
@@ -99,9 +102,9 @@ class ChannelAttentionFusionT(nn.Module):
         """Re-draw the MLP and router weights (PyTorch's conv init) and restore the initial temperature."""
         self.fc1.reset_parameters()
         self.fc2.reset_parameters()
-        if self.fusion_router is not None:
-            self.fusion_router[0].reset_parameters()
-            self.fusion_router[2].reset_parameters()
+        for layer in self._router_layers():
+            if layer is not None:
+                layer.reset_parameters()
         self._reset_temperature()
 
     def get_T(self) -> Tensor:
