@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cafusion import _validation as check
+from cafusion.kernels import IMPLS, fastpath
 
 FUSIONS = ("sum", "softmax")
 GATES = ("sigmoid", "hardsigmoid")
@@ -74,9 +75,7 @@ def excite(
     return _linear(h, fc2_weight, fc2_bias)
 
 
-def route(
-    avg: Tensor, mx: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None
-) -> Tensor:
+def route(avg: Tensor, mx: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) -> Tensor:
     """Per-sample fusion weights (B, 2) = softmax(router(cat(avg, max))); column 0 weighs avg."""
     logits = _linear(F.relu(_linear(torch.cat([avg, mx], dim=1), w1, b1)), w2, b2)
     return torch.softmax(logits, dim=1)
@@ -102,18 +101,40 @@ def channel_attention_fusion(
     temperature: Tensor | float = 1.0,
     gate: str = "sigmoid",
     act: str = "relu",
+    impl: str = "auto",
 ) -> FusionOutput:
     """Channel attention with avg/max fusion and a temperature-scaled gate.
 
     Returns ``FusionOutput(y, ca, fusion_w)``: y = x * ca has x's shape and dtype, ca is
     (B, C, 1, ..., 1), and fusion_w is (B, 2) for softmax fusion, None for sum fusion.
+
+    ``impl``: "reference" runs the readable composite below; "fast" the fused custom op
+    (``cafusion.kernels``; RuntimeError where it cannot run, e.g. under TorchScript or autocast);
+    "auto" (default) the fast path wherever it applies and the composite elsewhere.
     """
     fusion = check.choice("fusion", fusion, FUSIONS)
     gate = check.choice("gate", gate, GATES)
     act = check.choice("act", act, ACTS)
+    impl = check.choice("impl", impl, IMPLS)
     check.feature_map("x", x, fc1_weight.shape[1])
     if fusion == "softmax" and (router1_weight is None or router2_weight is None):
         raise ValueError("fusion='softmax' needs router1_weight and router2_weight (the fusion router)")
+    if impl != "reference":
+        weights = [
+            fc1_weight,
+            fc1_bias,
+            fc2_weight,
+            fc2_bias,
+            router1_weight,
+            router1_bias,
+            router2_weight,
+            router2_bias,
+        ]
+        reason = fastpath.blocker(x, weights, temperature)
+        if reason is None:
+            return FusionOutput(*fastpath.channel_attention_fusion_fast(x, *weights, temperature, fusion, gate, act))
+        if impl == "fast":
+            raise RuntimeError(f"impl='fast' cannot run here: {reason}; use impl='auto' or 'reference'")
 
     avg, mx = squeeze(x)
     dtype = compute_dtype(avg.dtype, fc1_weight.dtype)

@@ -1,0 +1,87 @@
+"""When the fast path applies, and the call that runs it with the functional form's signature.
+
+The custom op covers plain eager, autograd, torch.compile and torch.export. Everything that needs
+to see the block as ordinary torch ops gets the reference composite instead: TorchScript, the
+TorchScript-based tracers and ONNX export (which cannot translate a custom op), autocast (which
+must pick each matmul's precision), and functorch transforms (vmap/grad have no rule for the op).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from cafusion.kernels.op import caft_forward, compute_dtype
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _functorch_active() -> bool:
+    probe = getattr(torch._C._functorch, "are_transforms_active", None)
+    return bool(probe()) if probe is not None else False
+
+
+def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float) -> str | None:
+    """Why the fast path cannot run this call, or None when it can (``weights``: MLP and router tensors)."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return "TorchScript scripting/tracing is active"
+    if torch.onnx.is_in_onnx_export():
+        return "ONNX export is active"
+    if torch.is_autocast_enabled(x.device.type):
+        return "autocast is enabled"
+    if _functorch_active():
+        return "a functorch transform (vmap/grad/jacrev) is active"
+    if x.dtype not in _DTYPES:
+        return f"x has dtype {x.dtype}"
+    present = [t for t in weights if t is not None]
+    if len({t.dtype for t in present}) > 1:
+        return "the weights have different dtypes"
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1:
+            return f"temperature has {temperature.numel()} elements, not 1"
+        present.append(temperature)
+    if any(t.device != x.device for t in present):
+        return "the weights, temperature and x are on different devices"
+    return None
+
+
+def channel_attention_fusion_fast(
+    x: Tensor,
+    fc1_weight: Tensor,
+    fc1_bias: Tensor | None,
+    fc2_weight: Tensor,
+    fc2_bias: Tensor | None,
+    router1_weight: Tensor | None,
+    router1_bias: Tensor | None,
+    router2_weight: Tensor | None,
+    router2_bias: Tensor | None,
+    temperature: Tensor | float,
+    fusion: str,
+    gate: str,
+    act: str,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(y, ca (B, C, 1, ...), fusion_w or None) through the custom op; arguments already validated."""
+    if not isinstance(temperature, Tensor):
+        dtype = compute_dtype(torch.float64 if x.dtype == torch.float64 else torch.float32, fc1_weight.dtype)
+        temperature = torch.tensor(temperature, dtype=dtype, device=x.device)
+    if fusion == "sum":  # the router does not take part; its tensors must get no gradient at all
+        router1_weight = router1_bias = router2_weight = router2_bias = None
+    need_index = torch.is_grad_enabled() and x.requires_grad
+    y, ca, fusion_w, _, _, _ = caft_forward(
+        x,
+        fc1_weight,
+        fc1_bias,
+        fc2_weight,
+        fc2_bias,
+        router1_weight,
+        router1_bias,
+        router2_weight,
+        router2_bias,
+        temperature,
+        fusion,
+        gate,
+        act,
+        need_index,
+    )
+    ca = ca.view(ca.shape + (1,) * (x.dim() - 2))
+    return y, ca, fusion_w if fusion == "softmax" else None

@@ -1,0 +1,207 @@
+"""The fast path as two ``torch.library`` custom ops with a hand-written autograd formula.
+
+``cafusion::caft_forward`` runs the whole block: one statistics pass over x, the small path on (B, C),
+one pass writing y. ``cafusion::caft_backward`` is its gradient: one pass reading dy and x for
+d(ca), the small path's backward by hand, one pass reading dy and writing dx. Both ops are opaque to
+autograd, torch.compile and torch.export (each has a fake kernel), so the only full-size tensors
+are x, y, dy and dx, and nothing full-size is saved for the backward besides x itself.
+
+The forward also returns the pooled statistics and the argmax; the public wrapper drops them. They
+are outputs (not recomputed) because the backward needs them and ``setup_context`` can only save
+inputs and outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cafusion.kernels import small
+from cafusion.kernels.cpu import acc_dtype
+from cafusion.kernels.dispatch import backend
+
+_N_PARAMS = 9  # fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature
+
+
+def compute_dtype(stat_dtype: torch.dtype, weight_dtype: torch.dtype) -> torch.dtype:
+    """The small path's dtype: as the functional form, the wider of statistics and fc1 weight, >= float32."""
+    return torch.promote_types(torch.promote_types(torch.float32, stat_dtype), weight_dtype)
+
+
+def _flat(x: Tensor) -> Tensor:
+    """(B, C, *spatial) -> (B, C, N); a view for contiguous and channels_last maps."""
+    return x.flatten(2)
+
+
+def _unflat(t3: Tensor, shape: torch.Size) -> Tensor:
+    """(B, C, N) -> (B, C, *spatial); a view whenever t3 is dense (it has x's strides or is contiguous)."""
+    return t3.reshape(shape)
+
+
+def _nothing(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """The empty tensor a custom op returns where the math has no tensor (ops cannot return None)."""
+    return like.new_empty((0,), dtype=dtype or like.dtype)
+
+
+@torch.library.custom_op("cafusion::caft_forward", mutates_args=())
+def caft_forward(
+    x: Tensor,
+    fc1_w: Tensor,
+    fc1_b: Tensor | None,
+    fc2_w: Tensor,
+    fc2_b: Tensor | None,
+    r1_w: Tensor | None,
+    r1_b: Tensor | None,
+    r2_w: Tensor | None,
+    r2_b: Tensor | None,
+    temperature: Tensor,
+    fusion: str,
+    gate: str,
+    act: str,
+    need_index: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (y, ca (B, C) in x.dtype, fusion_w (B, 2) or (B, 0), avg, max, argmax or empty)."""
+    ops = backend(x)
+    x3 = _flat(x)
+    avg, mx, idx = ops.pool_stats(x3, need_index)
+    dtype = compute_dtype(avg.dtype, fc1_w.dtype)
+    p = small.Params(fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature)
+    fw = small.forward(avg.to(dtype), mx.to(dtype), p, fusion, gate, act)
+    ca = fw.ca.to(x.dtype)
+    y = _unflat(ops.scale(x3, ca), x.shape)
+    fusion_w = fw.w if fw.w is not None else avg.new_empty((x.shape[0], 0), dtype=dtype)
+    index = idx if idx is not None else _nothing(avg, torch.int64)
+    return y, ca, fusion_w, avg, mx, index
+
+
+@caft_forward.register_fake
+def _caft_forward_fake(
+    x: Tensor,
+    fc1_w: Tensor,
+    fc1_b: Tensor | None,
+    fc2_w: Tensor,
+    fc2_b: Tensor | None,
+    r1_w: Tensor | None,
+    r1_b: Tensor | None,
+    r2_w: Tensor | None,
+    r2_b: Tensor | None,
+    temperature: Tensor,
+    fusion: str,
+    gate: str,
+    act: str,
+    need_index: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    b, c = x.shape[0], x.shape[1]
+    acc = acc_dtype(x.dtype)
+    dtype = compute_dtype(acc, fc1_w.dtype)
+    y = _unflat(torch.empty_like(_flat(x)), x.shape)
+    ca = x.new_empty((b, c))
+    fusion_w = x.new_empty((b, 2 if fusion == "softmax" else 0), dtype=dtype)
+    avg = x.new_empty((b, c), dtype=acc)
+    mx = x.new_empty((b, c), dtype=acc)
+    index = x.new_empty((b, c) if need_index else (0,), dtype=torch.int64)
+    return y, ca, fusion_w, avg, mx, index
+
+
+@torch.library.custom_op("cafusion::caft_backward", mutates_args=())
+def caft_backward(
+    dy: Tensor,
+    g_ca: Tensor | None,
+    g_fusion_w: Tensor | None,
+    g_avg: Tensor | None,
+    g_mx: Tensor | None,
+    x: Tensor,
+    avg: Tensor,
+    mx: Tensor,
+    idx: Tensor,
+    fc1_w: Tensor,
+    fc1_b: Tensor | None,
+    fc2_w: Tensor,
+    fc2_b: Tensor | None,
+    r1_w: Tensor | None,
+    r1_b: Tensor | None,
+    r2_w: Tensor | None,
+    r2_b: Tensor | None,
+    temperature: Tensor,
+    fusion: str,
+    gate: str,
+    act: str,
+    need_x: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (dx, d fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature); absent ones empty."""
+    ops = backend(x)
+    x3, dy3 = _flat(x), _flat(dy)
+    dtype = compute_dtype(avg.dtype, fc1_w.dtype)
+    p = small.Params(fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature)
+    fw = small.forward(avg.to(dtype), mx.to(dtype), p, fusion, gate, act)
+    d_ca = ops.grad_ca(dy3, x3).to(dtype)
+    if g_ca is not None:
+        d_ca = d_ca + g_ca.reshape(d_ca.shape).to(dtype)
+    g = small.backward(fw, p, d_ca, g_fusion_w, fusion, gate, act)
+    dx = _nothing(x)
+    if need_x:
+        d_avg = g.avg if g_avg is None else g.avg + g_avg.to(dtype)
+        d_mx = g.mx if g_mx is None else g.mx + g_mx.to(dtype)
+        n = x3.shape[2]
+        dx3 = ops.grad_input(dy3, fw.ca.to(x.dtype), (d_avg / n).to(avg.dtype), d_mx.to(avg.dtype), idx)
+        dx = _unflat(dx3, x.shape)
+    rest = (g.fc1_w, g.fc1_b, g.fc2_w, g.fc2_b, g.r1_w, g.r1_b, g.r2_w, g.r2_b, g.temperature)
+    return (dx, *(_nothing(x) if t is None else t for t in rest))  # type: ignore[return-value]
+
+
+@caft_backward.register_fake
+def _caft_backward_fake(
+    dy: Tensor,
+    g_ca: Tensor | None,
+    g_fusion_w: Tensor | None,
+    g_avg: Tensor | None,
+    g_mx: Tensor | None,
+    x: Tensor,
+    avg: Tensor,
+    mx: Tensor,
+    idx: Tensor,
+    fc1_w: Tensor,
+    fc1_b: Tensor | None,
+    fc2_w: Tensor,
+    fc2_b: Tensor | None,
+    r1_w: Tensor | None,
+    r1_b: Tensor | None,
+    r2_w: Tensor | None,
+    r2_b: Tensor | None,
+    temperature: Tensor,
+    fusion: str,
+    gate: str,
+    act: str,
+    need_x: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dx = _unflat(torch.empty_like(_flat(dy)), x.shape) if need_x else _nothing(x)
+    params = (fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature)
+    return (dx, *(_nothing(x) if t is None else torch.empty_like(t) for t in params))  # type: ignore[return-value]
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, *params = inputs[: 1 + _N_PARAMS]
+    ctx.config = inputs[1 + _N_PARAMS : 1 + _N_PARAMS + 3]
+    ctx.need_x = bool(ctx.needs_input_grad[0])
+    if ctx.need_x and not inputs[-1]:
+        raise RuntimeError("cafusion::caft_forward ran without need_index but x requires grad")
+    _, _, _, avg, mx, idx = output
+    ctx.save_for_backward(x, avg, mx, idx, *params)
+
+
+def _backward(ctx: Any, dy: Tensor | None, g_ca: Tensor | None, g_fw: Tensor | None, *rest: Any) -> tuple[Any, ...]:
+    x, avg, mx, idx, *params = ctx.saved_tensors
+    fusion, gate, act = ctx.config
+    g_avg, g_mx = rest[0], rest[1]
+    if dy is None:
+        dy = torch.zeros_like(x)
+    if fusion != "softmax":
+        g_fw = None
+    dx, *d_params = caft_backward(dy, g_ca, g_fw, g_avg, g_mx, x, avg, mx, idx, *params, fusion, gate, act, ctx.need_x)
+    grads = [d if p is not None else None for d, p in zip(d_params, params, strict=True)]
+    return (dx if ctx.need_x else None, *grads, None, None, None, None)
+
+
+caft_forward.register_autograd(_backward, setup_context=_setup_context)
