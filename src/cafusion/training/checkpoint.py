@@ -1,0 +1,154 @@
+"""Crash-safe checkpoints: weights in safetensors, training state and config in sidecars.
+
+A checkpoint for epoch E is three files in ``<run>/checkpoints/``: ``epoch-E.safetensors`` (model
+weights), ``epoch-E.state.pt`` (optimizer, grad scaler, RNG states, counters; read back with
+``weights_only=True``) and ``epoch-E.json`` (the run config). Each is written to a temporary file in
+the same folder and renamed into place, and only then is the small pointer ``<run>/latest.json``
+replaced. A crash or SIGKILL at any moment therefore leaves ``latest.json`` naming a complete,
+consistent set; the older set is deleted only after the pointer has moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import Tensor
+
+POINTER = "latest.json"
+CHECKPOINT_DIR = "checkpoints"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or does not belong to this run."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """What :func:`load_checkpoint` returns: everything needed to continue a run exactly."""
+
+    weights: dict[str, Tensor]
+    state: dict[str, Any]
+    config: dict[str, Any]
+    epoch: int
+    path: Path
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` through a temporary sibling and ``os.replace``: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    epoch: int,
+    weights: dict[str, Tensor],
+    state: dict[str, Any],
+    config: dict[str, Any],
+) -> Path:
+    """Write the checkpoint for ``epoch`` (number of finished epochs) and point ``latest.json`` at it."""
+    from safetensors.torch import save
+
+    run = Path(run_dir)
+    stem = f"epoch-{epoch:04d}"
+    folder = run / CHECKPOINT_DIR
+    # clone: safetensors refuses tensors that share storage (tied weights), and needs them on the CPU.
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
+    blob = save(tensors, metadata={"epoch": str(epoch), "format": "pt"})
+    paths = {
+        "weights": folder / f"{stem}.safetensors",
+        "state": folder / f"{stem}.state.pt",
+        "config": folder / f"{stem}.json",
+    }
+    atomic_write(paths["weights"], lambda f: f.write(blob))
+    atomic_write(paths["state"], lambda f: torch.save(state, f))
+    sidecar = {"format_version": FORMAT_VERSION, "epoch": epoch, "config": config}
+    atomic_write_text(paths["config"], json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
+    pointer = {"epoch": epoch, **{k: str(p.relative_to(run)) for k, p in paths.items()}}
+    atomic_write_text(run / POINTER, json.dumps(pointer, indent=2) + "\n")
+    for old in folder.glob("epoch-*"):
+        if not old.name.startswith(stem + "."):
+            old.unlink(missing_ok=True)
+    return paths["weights"]
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Map a run folder (through its ``latest.json``) or a ``.safetensors`` file to the weights file."""
+    p = Path(path)
+    if p.is_dir():
+        pointer = p / POINTER
+        if not pointer.is_file():
+            raise CheckpointError(f"no checkpoint to resume from in {str(p)!r} (no {POINTER})")
+        try:
+            info = json.loads(pointer.read_text(encoding="utf-8"))
+            return p / str(info["weights"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{str(pointer)!r} is not a checkpoint pointer: {exc!r}") from None
+    if p.suffix == ".safetensors":
+        return p
+    raise CheckpointError(f"--resume wants a run folder or a .safetensors checkpoint, got {str(p)!r}")
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint (run folder or weights file); any missing or damaged part is a CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights_path = resolve_checkpoint(path)
+    base = str(weights_path)[: -len(".safetensors")]
+    state_path, config_path = Path(base + ".state.pt"), Path(base + ".json")
+    for part in (weights_path, state_path, config_path):
+        if not part.is_file():
+            raise CheckpointError(f"checkpoint part {str(part)!r} is missing")
+    try:
+        weights = load_file(weights_path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint weights {str(weights_path)!r}: {exc}") from None
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many kinds (zip, pickle, unpickling policy)
+        raise CheckpointError(f"cannot read checkpoint state {str(state_path)!r}: {exc}".splitlines()[0]) from None
+    try:
+        sidecar = json.loads(config_path.read_text(encoding="utf-8"))
+        config, epoch = dict(sidecar["config"]), int(sidecar["epoch"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"cannot read checkpoint config {str(config_path)!r}: {exc!r}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint state {str(state_path)!r} is not a dict")
+    return Checkpoint(weights=weights, state=state, config=config, epoch=epoch, path=weights_path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist the rename itself (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
