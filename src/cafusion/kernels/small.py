@@ -134,12 +134,12 @@ def backward(fw: Forward, p: Params, g_ca: Tensor, g_w: Tensor | None, fusion: s
         g_logits = fw.w * (g_w_total - (g_w_total * fw.w).sum(1, keepdim=True))
         r = F.relu(fw.q)
         d_r, d_r2_w, d_r2_b = _linear_backward(g_logits, r, p.r2_w, p.r2_b)
-        g_q = torch.where(fw.q > 0, d_r, torch.zeros_like(d_r))
+        g_q = torch.where(fw.q <= 0, torch.zeros_like(d_r), d_r)  # NaN passes, as in aten
         d_cat, d_r1_w, d_r1_b = _linear_backward(g_q, fw.cat, p.r1_w, p.r1_b)
 
     d_hid, d_fc2_w, d_fc2_b = _linear_backward(g_out, fw.hid, p.fc2_w, p.fc2_b)
     if act == "relu":
-        g_pre = torch.where(fw.pre > 0, d_hid, torch.zeros_like(d_hid))
+        g_pre = torch.where(fw.pre <= 0, torch.zeros_like(d_hid), d_hid)  # NaN passes, as in aten
     else:
         sig = torch.sigmoid(fw.pre)
         g_pre = d_hid * sig * (1 + fw.pre * (1 - sig))
