@@ -1,0 +1,146 @@
+"""``cafusion inspect CHECKPOINT``: what each ChannelAttentionFusionT block of a saved model learned.
+
+Prints every block's configuration, its temperature T and its router's output bias (bias_avg -
+bias_max > 0 means the router leans to the average path before it sees any input). With ``--data``
+it also runs the model over that data and prints each block's fusion diagnostics.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cafusion.cli.demo import positive_int
+from cafusion.cli.errors import CLIError
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="print each attention block's configuration, learned T and router bias",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("checkpoint", help="a .safetensors model with its .json sidecar, or a training run folder")
+    p.add_argument(
+        "--data",
+        metavar="DATA",
+        default=None,
+        help="'digits' (the demo's test split) or a data path that 'cafusion train' accepts; adds diagnostics",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=256, help="default: %(default)s")
+    p.set_defaults(func=run)
+
+
+def block_rows(model: Any) -> list[dict[str, Any]]:
+    """One dict per ChannelAttentionFusionT: name, configuration, T, router bias."""
+    from cafusion.layers import ChannelAttentionFusionT
+
+    rows = []
+    for name, m in model.named_modules():
+        if not isinstance(m, ChannelAttentionFusionT):
+            continue
+        bias = None
+        if m.fusion_router is not None:
+            out_layer: Any = m.fusion_router[2]
+            bias = [float(v) for v in out_layer.bias.detach()]
+        rows.append(
+            {
+                "block": name or "<root>",
+                "channels": m.channels,
+                "hidden": m.hidden,
+                "fusion": m.fusion,
+                "gate": m.gate,
+                "act": m.act,
+                "learnable_T": m.learnable_temperature,
+                "T": float(m.get_T().detach()),
+                "router_bias": bias,
+            }
+        )
+    return rows
+
+
+def format_blocks(rows: list[dict[str, Any]]) -> str:
+    headers = ("block", "channels", "hidden", "fusion", "gate", "act", "T", "router bias (avg, max)", "avg - max")
+    cells = []
+    for r in rows:
+        bias = r["router_bias"]
+        cells.append(
+            (
+                r["block"],
+                str(r["channels"]),
+                str(r["hidden"]),
+                r["fusion"],
+                r["gate"],
+                r["act"],
+                f"{r['T']:.4f}" + (" (learned)" if r["learnable_T"] else " (fixed)"),
+                "-" if bias is None else f"({bias[0]:+.4f}, {bias[1]:+.4f})",
+                "-" if bias is None else f"{bias[0] - bias[1]:+.4f}",
+            )
+        )
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths)), *(fmt.format(*c) for c in cells)])
+
+
+def _load_data(spec: str, config: dict[str, Any]) -> tuple[Any, Any, str]:
+    if spec == "digits":
+        try:
+            from cafusion.cli.demo import load_digits
+        except ImportError as exc:  # pragma: no cover - sklearn is a demo extra
+            raise CLIError(f"--data digits needs scikit-learn: pip install 'cafusion[demo]' ({exc})") from None
+        d = load_digits()
+        return d.x_test, d.y_test, "digits test split"
+    from cafusion.training.data import load_dataset
+
+    data = load_dataset(spec)
+    return data.x, data.y, spec
+
+
+def _check_fits(x: Any, config: dict[str, Any], source: str) -> None:
+    dims, channels = config.get("dims"), config.get("in_channels")
+    if x.dim() - 2 != dims or x.shape[1] != channels:
+        raise CLIError(
+            f"{source} has samples of shape {tuple(x.shape[1:])} but the model expects "
+            f"{channels} channel(s) and {dims} spatial dim(s)"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from cafusion.diagnostics import FusionMonitor
+    from cafusion.models.checkpoint import ModelCheckpointError, load_model
+
+    try:
+        model, sidecar = load_model(args.checkpoint)
+    except ModelCheckpointError as exc:
+        raise CLIError(str(exc)) from None
+    spec = sidecar.get("model") or sidecar.get("config", {}).get("model", {})
+    kwargs = spec.get("kwargs", {})
+    print(f"{args.checkpoint}: {spec.get('name')}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
+    print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    rows = block_rows(model)
+    if not rows:
+        print("no ChannelAttentionFusionT block in this model")
+        return 0
+    print(format_blocks(rows))
+    if args.data is None:
+        return 0
+    x, y, source = _load_data(args.data, kwargs)
+    _check_fits(x, kwargs, source)
+    model.eval()
+    correct = 0
+    with FusionMonitor(model) as mon, torch.no_grad():
+        for i in range(0, len(y), args.batch_size):
+            xb, yb = x[i : i + args.batch_size], y[i : i + args.batch_size]
+            with mon.labels(yb):
+                correct += int((model(xb).argmax(1) == yb).sum())
+        stats = mon.summary()
+    print(f"\ndiagnostics on {source} ({len(y)} samples, accuracy {100 * correct / len(y):.2f}%):")
+    print(mon.summary_table(stats))
+    for s in stats:
+        if s.class_w_avg:
+            means = ", ".join(f"{c}: {v:.3f}" for c, v in sorted(s.class_w_avg.items()))
+            print(f"{s.block} mean w_avg per class: {means}")
+    return 0
