@@ -1,0 +1,266 @@
+"""The four big-tensor passes of the fast path as Triton kernels, for CUDA tensors.
+
+Same names and signatures as the CPU versions in ``cafusion.kernels.cpu``; every function takes the
+(B, C, N) view ``x3 = x.flatten(2)`` with any strides. Triton is imported lazily (only when a CUDA
+tensor asks, or when ``TRITON_INTERPRET=1`` runs the kernels on the CPU for tests), so ``import
+cafusion`` never needs it. Low-precision inputs are read as-is and accumulated in float32.
+
+Launch plan: the tile follows the unit-stride dim (wide along N for contiguous maps, wide along C
+for channels_last) so loads coalesce; reductions split N across programs when B * C alone would
+leave the GPU mostly idle (e.g. channels_last (16, 256, 56x56), or B = 1), then merge the partials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_TILE = 2048  # elements per tile: 16 per thread at 4 warps
+_MAX_SPLITS = 64
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _kernels() -> ModuleType | None:
+    """The kernel module, or None when triton is missing or broken (the caller then falls back)."""
+    try:
+        from cafusion.kernels import triton_kernels
+    except Exception:  # any import-time failure of triton means "not available", never an error
+        return None
+    return triton_kernels
+
+
+def is_available(x: Tensor) -> bool:
+    """Whether these kernels can run on x: a CUDA (or, under TRITON_INTERPRET=1, CPU) float tensor."""
+    if x.dtype not in _DTYPES:
+        return False
+    if not (x.is_cuda or (_INTERPRET and x.device.type == "cpu")):
+        return False
+    return _kernels() is not None
+
+
+def _k() -> ModuleType:
+    mod = _kernels()
+    if mod is None:
+        raise RuntimeError("triton is not available; check triton_ops.is_available(x) before calling")
+    return mod
+
+
+def _unit(t: Tensor) -> int:
+    """Which dim of a (B, C, N) tensor has stride 1: 1 for N, 2 for C, 0 for neither."""
+    _, c, n = t.shape
+    sc, sn = t.stride(1), t.stride(2)
+    if n == 1:
+        return 2 if sc == 1 or c == 1 else 0
+    if sn == 1:
+        return 1
+    if sc == 1 or c == 1:
+        return 2
+    return 0
+
+
+def _pow2(v: int) -> int:
+    return 1 << max(0, (v - 1).bit_length())
+
+
+def _tile(unit: int, c: int, n: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_N): wide along the unit-stride dim, about _TILE elements in all."""
+    if unit == 2:
+        block_c = min(_pow2(c), 128)
+        return block_c, min(_pow2(n), max(1, _TILE // block_c))
+    block_n = min(_pow2(n), 512)
+    return min(_pow2(c), max(1, _TILE // block_n)), block_n
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).multi_processor_count)
+    return 4  # interpreter: small, so that tests reach the split path at small shapes
+
+
+def _splits(device: torch.device, programs: int, n: int, block_n: int) -> tuple[int, int]:
+    """(splits, chunk): split N so that about 4 programs per SM run; each chunk whole tiles."""
+    tiles = -(-n // block_n)
+    target = 4 * _num_sms(device)
+    want = 1 if programs >= target else min(tiles, -(-target // programs), _MAX_SPLITS)
+    chunk = -(-tiles // want) * block_n
+    return -(-n // chunk), chunk
+
+
+def _check(x3: Tensor, name: str) -> None:
+    if x3.dim() != 3:
+        raise ValueError(f"{name} must be a (B, C, N) tensor, got shape {tuple(x3.shape)}")
+    if x3.shape[2] >= 2**31 - _TILE:
+        raise ValueError(f"{name} has N={x3.shape[2]} spatial positions; these kernels index N in int32")
+
+
+def _device_guard(t: Tensor) -> contextlib.AbstractContextManager[object]:
+    """Launch on t's GPU (triton uses the current device); a no-op for the CPU interpreter."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _reduce(
+    a: Tensor, b: Tensor | None, *, need_max: bool, need_index: bool, mean: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Sum over N of a (or a*b), optionally max and first argmax of a; (B, C) results."""
+    k = _k()
+    bsz, c, n = a.shape
+    rows = bsz * c
+    sum_out = torch.empty(bsz, c, device=a.device, dtype=torch.float32)
+    max_out = torch.empty_like(sum_out) if need_max else None
+    idx_out = torch.empty(bsz, c, device=a.device, dtype=torch.int64) if need_index else None
+    if rows == 0:
+        return sum_out, max_out, idx_out
+    unit = _unit(a)
+    block_c, block_n = _tile(unit, c, n)
+    n_cblk = -(-c // block_c)
+    splits, chunk = _splits(a.device, bsz * n_cblk, n, block_n)
+    scale = 1.0 / n if mean else 1.0
+    if splits == 1:
+        psum, pmax, pidx = sum_out, max_out, idx_out
+    else:
+        psum = torch.empty(splits, rows, device=a.device, dtype=torch.float32)
+        pmax = torch.empty_like(psum) if need_max else None
+        pidx = torch.empty(splits, rows, device=a.device, dtype=torch.int64) if need_index else None
+    bb = a if b is None else b
+    with _device_guard(a):
+        k.reduce_kernel[(bsz * n_cblk * splits,)](
+            a,
+            bb,
+            psum,
+            psum if pmax is None else pmax,
+            psum if pidx is None else pidx,
+            c,
+            n,
+            rows,
+            chunk,
+            splits,
+            n_cblk,
+            *a.stride(),
+            *bb.stride(),
+            scale if splits == 1 else 1.0,
+            UNIT_A=unit,
+            UNIT_B=_unit(bb),
+            PRODUCT=b is not None,
+            NEED_MAX=need_max,
+            NEED_IDX=need_index,
+            BLOCK_C=block_c,
+            BLOCK_N=block_n,
+            num_warps=4,
+        )
+        if splits > 1:
+            block_r = 64
+            k.combine_kernel[(-(-rows // block_r),)](
+                psum,
+                psum if pmax is None else pmax,
+                psum if pidx is None else pidx,
+                sum_out,
+                sum_out if max_out is None else max_out,
+                sum_out if idx_out is None else idx_out,
+                rows,
+                splits,
+                scale,
+                NEED_MAX=need_max,
+                NEED_IDX=need_index,
+                BLOCK_R=block_r,
+                BLOCK_S=_pow2(splits),
+                num_warps=4,
+            )
+    return sum_out, max_out, idx_out
+
+
+def pool_stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """One pass over x: per-(b, c) mean and max in float32, and the first argmax when asked.
+
+    A NaN in a row makes its max NaN (its index then points at a NaN).
+    """
+    _check(x3, "x3")
+    if x3.shape[2] == 0:
+        raise ValueError("x3 has no spatial positions (N = 0): mean and max are undefined")
+    avg, mx, idx = _reduce(x3, None, need_max=True, need_index=need_index, mean=True)
+    assert mx is not None
+    return avg, mx, idx
+
+
+def scale(x3: Tensor, ca: Tensor) -> Tensor:
+    """y = x * ca[:, :, None] in one pass; y has x's dtype and (for dense x) x's strides."""
+    _check(x3, "x3")
+    k = _k()
+    y3 = torch.empty_like(x3)
+    bsz, c, n = x3.shape
+    if x3.numel() == 0:
+        return y3
+    ca = ca.reshape(bsz, c).contiguous()
+    unit = _unit(x3)
+    block_c, block_n = _tile(unit, c, n)
+    n_cblk, n_nblk = -(-c // block_c), -(-n // block_n)
+    with _device_guard(x3):
+        k.scale_kernel[(bsz * n_cblk * n_nblk,)](
+            x3,
+            ca,
+            y3,
+            c,
+            n,
+            n_cblk,
+            n_nblk,
+            *x3.stride(),
+            *y3.stride(),
+            UNIT_X=unit,
+            UNIT_Y=_unit(y3),
+            BLOCK_C=block_c,
+            BLOCK_N=block_n,
+            num_warps=4,
+        )
+    return y3
+
+
+def grad_ca(dy3: Tensor, x3: Tensor) -> Tensor:
+    """sum over N of dy * x, (B, C) float32, in one pass reading dy and x."""
+    _check(dy3, "dy3")
+    if dy3.shape != x3.shape:
+        raise ValueError(f"dy3 and x3 must have the same shape, got {tuple(dy3.shape)} and {tuple(x3.shape)}")
+    if dy3.shape[2] == 0:
+        return torch.zeros(dy3.shape[:2], device=dy3.device, dtype=torch.float32)
+    total, _, _ = _reduce(dy3, x3, need_max=False, need_index=False, mean=False)
+    return total
+
+
+def grad_input(dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tensor) -> Tensor:
+    """dx = dy * ca + g_avg + g_max at idx, in one pass; g_avg is already divided by N.
+
+    dx has dy's dtype and (for dense dy) dy's strides.
+    """
+    _check(dy3, "dy3")
+    k = _k()
+    dx3 = torch.empty_like(dy3)
+    bsz, c, n = dy3.shape
+    if dy3.numel() == 0:
+        return dx3
+    small = [t.reshape(bsz, c).contiguous() for t in (ca, g_avg, g_max, idx)]
+    unit = _unit(dy3)
+    block_c, block_n = _tile(unit, c, n)
+    n_cblk, n_nblk = -(-c // block_c), -(-n // block_n)
+    with _device_guard(dy3):
+        k.grad_input_kernel[(bsz * n_cblk * n_nblk,)](
+            dy3,
+            *small,
+            dx3,
+            c,
+            n,
+            n_cblk,
+            n_nblk,
+            *dy3.stride(),
+            *dx3.stride(),
+            UNIT_D=unit,
+            UNIT_X=_unit(dx3),
+            BLOCK_C=block_c,
+            BLOCK_N=block_n,
+            num_warps=4,
+        )
+    return dx3

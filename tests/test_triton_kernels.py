@@ -1,0 +1,222 @@
+"""The Triton kernels, run on the CPU by Triton's interpreter, against naive torch.
+
+TRITON_INTERPRET=1 must be set before triton's @jit decorators run, so each group of checks runs
+in a fresh subprocess (this file executed as a script) with the variable set. Run one group by
+hand with: ``TRITON_INTERPRET=1 python tests/test_triton_kernels.py pool_stats``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+GROUPS = ("pool_stats", "scale", "grad_ca", "grad_input", "edges")
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_kernels_under_interpreter(group: str) -> None:
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, __file__, group], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, f"interpreter checks for {group} failed:\n{proc.stdout}\n{proc.stderr}"
+    assert f"checked {group}:" in proc.stdout  # the group really ran its cases
+
+
+# ---------------------------------------------------------------- the checks (run in the subprocess)
+
+
+def _layouts(b: int, c: int, n: int, dtype: torch.dtype) -> Iterator[tuple[str, Tensor]]:
+    """The same (B, C, N) values in three memory layouts (as x.flatten(2) would hand them over)."""
+    base = torch.randn(b, c, n).to(dtype)
+    yield "contiguous", base
+    yield "channels_last", base.transpose(1, 2).contiguous().transpose(1, 2)
+    wide = torch.zeros(b, n, 2 * c, dtype=dtype)
+    wide[:, :, ::2] = base.transpose(1, 2)
+    yield "strided", wide.transpose(1, 2)[:, ::2, :]  # no unit stride at all
+
+
+SHAPES = [(2, 5, 7), (1, 3, 1100), (1, 130, 40), (2, 9, 1), (1, 1, 1), (3, 33, 16)]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _cases() -> Iterator[tuple[str, Tensor]]:
+    for shape in SHAPES:
+        for dtype in DTYPES if shape in SHAPES[:3] else DTYPES[:2]:  # float16 shares bfloat16's code
+            for name, x in _layouts(*shape, dtype):
+                yield f"{shape} {dtype} {name}", x
+
+
+def _close(got: Tensor, want: Tensor, what: str, *, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+def _tol(dtype: torch.dtype) -> dict[str, float]:
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+
+
+def _dense(x: Tensor) -> bool:
+    """Contiguous or channels_last-like: the layouts whose strides the outputs must keep."""
+    return x.is_contiguous() or x.transpose(1, 2).is_contiguous()
+
+
+def _scatter_ref(x: Tensor, idx: Tensor, val: Tensor) -> Tensor:
+    return torch.zeros(x.shape, dtype=torch.float32).scatter(2, idx[:, :, None], val[:, :, None])
+
+
+def check_pool_stats(t: object) -> int:
+    from cafusion.kernels import triton_ops as T
+
+    count = 0
+    for what, x in _cases():
+        ref = x.float()
+        for need_index in (True, False):
+            avg, mx, idx = T.pool_stats(x, need_index)
+            assert avg.dtype == mx.dtype == torch.float32, what
+            _close(avg, ref.mean(2), f"avg {what}")
+            assert torch.equal(mx, ref.amax(2)), f"max {what}"
+            if need_index:
+                assert idx is not None and idx.dtype == torch.int64, what
+                assert torch.equal(idx, ref.argmax(2)), f"argmax {what}"  # torch: first maximal index
+            else:
+                assert idx is None, what
+            count += 1
+    # Many ties (values in {0, 1, 2}), also across split boundaries: the FIRST maximal index wins.
+    for shape in [(2, 5, 7), (1, 3, 1100), (1, 130, 40)]:
+        for _, x in _layouts(*shape, torch.float32):
+            x = x.clone().copy_(torch.randint(0, 3, shape).float())
+            _, mx, idx = T.pool_stats(x, True)
+            assert idx is not None
+            assert torch.equal(mx, x.amax(2)) and torch.equal(idx, x.argmax(2)), f"ties {shape}"
+            count += 1
+    # NaN makes the max NaN and the index points at a NaN; an all -inf row reports index 0.
+    for shape in [(2, 4, 9), (2, 2, 1100), (2, 130, 20)]:
+        for _, x in _layouts(*shape, torch.float32):
+            x = x.clone()
+            x[0, 1, shape[2] // 2] = float("nan")
+            x[-1, 0, -1] = float("nan")
+            x[0, 0] = float("-inf")
+            avg, mx, idx = T.pool_stats(x, True)
+            assert idx is not None
+            assert mx[0, 1].isnan() and mx[-1, 0].isnan(), f"nan max {shape}"
+            assert x[0, 1, idx[0, 1]].isnan() and x[-1, 0, idx[-1, 0]].isnan(), f"nan index {shape}"
+            assert mx[0, 0] == float("-inf") and idx[0, 0] == 0, f"-inf row {shape}"
+            finite = ~mx.isnan() & ~mx.isinf()
+            assert torch.equal(mx[finite], x.amax(2)[finite]) and torch.equal(idx[finite], x.argmax(2)[finite])
+            count += 1
+    return count
+
+
+def check_scale(t: object) -> int:
+    from cafusion.kernels import triton_ops as T
+
+    count = 0
+    for what, x in _cases():
+        b, c, _ = x.shape
+        ca = torch.rand(b, c).to(x.dtype)
+        y = T.scale(x, ca)
+        assert y.dtype == x.dtype and y.shape == x.shape, what
+        if _dense(x):
+            assert y.stride() == x.stride(), f"layout {what}"
+        want = x * ca[:, :, None]  # torch multiplies in float32 and rounds once, as the kernel does
+        if x.dtype == torch.bfloat16:  # the interpreter rounds float32 -> bfloat16 toward zero: 1 ulp
+            _close(y.float(), want.float(), f"y {what}", rtol=2**-7, atol=0.0)
+        else:
+            assert torch.equal(y, want), f"y {what}"
+        count += 1
+    return count
+
+
+def check_grad_ca(t: object) -> int:
+    from cafusion.kernels import triton_ops as T
+
+    count = 0
+    for what, x in _cases():
+        dys = _layouts(*x.shape, x.dtype) if x.dtype == torch.float32 else [("same", torch.randn_like(x))]
+        for dy_name, dy in dys:  # dy and x in different layouts too
+            got = T.grad_ca(dy, x)
+            assert got.dtype == torch.float32, what
+            _close(got, (dy.float() * x.float()).sum(2), f"grad_ca {what} dy {dy_name}", rtol=1e-4, atol=1e-4)
+            count += 1
+    return count
+
+
+def check_grad_input(t: object) -> int:
+    from cafusion.kernels import triton_ops as T
+
+    count = 0
+    for what, dy in _cases():
+        b, c, n = dy.shape
+        ca = torch.rand(b, c).to(dy.dtype)
+        g_avg, g_max = torch.randn(b, c) / n, torch.randn(b, c)
+        idx = torch.randint(0, n, (b, c))
+        dx = T.grad_input(dy, ca, g_avg, g_max, idx)
+        assert dx.dtype == dy.dtype and dx.shape == dy.shape, what
+        if _dense(dy):
+            assert dx.stride() == dy.stride(), f"layout {what}"
+        want = dy.float() * ca.float()[:, :, None] + g_avg[:, :, None] + _scatter_ref(dy, idx, g_max)
+        _close(dx.float(), want.to(dy.dtype).float(), f"dx {what}", **_tol(dy.dtype))
+        count += 1
+    return count
+
+
+def check_edges(t: object) -> int:
+    from cafusion.kernels import triton_ops as T
+
+    assert T.is_available(torch.zeros(1, 1, 1)), "TRITON_INTERPRET=1 must make CPU float tensors eligible"
+    assert not T.is_available(torch.zeros(1, 1, 1, dtype=torch.float64)), "float64 stays on the torch path"
+    count = 0
+    for b, c in [(0, 4), (2, 0)]:  # empty batch / no channels: empty results, no launch
+        x = torch.randn(b, c, 6)
+        avg, mx, idx = T.pool_stats(x, True)
+        assert avg.shape == mx.shape == (b, c) and idx is not None and idx.shape == (b, c)
+        assert T.scale(x, torch.rand(b, c)).shape == x.shape
+        assert T.grad_ca(x, x).shape == (b, c)
+        dx = T.grad_input(
+            x, torch.rand(b, c), torch.zeros(b, c), torch.zeros(b, c), torch.zeros(b, c, dtype=torch.long)
+        )
+        assert dx.shape == x.shape
+        count += 1
+    # ca/g_* handed over as (B, C, 1, 1) views, as the block produces them.
+    x = torch.randn(2, 3, 10)
+    ca4 = torch.rand(2, 3, 1, 1)
+    assert torch.equal(T.scale(x, ca4), x * ca4.view(2, 3, 1))
+    # A channels_last 4-D map flattened as the dispatcher does it: y keeps the layout.
+    x4 = torch.randn(2, 6, 5, 3).to(memory_format=torch.channels_last)
+    y3 = T.scale(x4.flatten(2), ca4.new_ones(2, 6))
+    assert y3.stride() == x4.flatten(2).stride() and torch.equal(y3, x4.flatten(2))
+    for bad in (torch.zeros(2, 3), torch.zeros(1, 2, 0)):
+        try:
+            T.pool_stats(bad, False)
+        except ValueError:
+            count += 1
+        else:
+            raise AssertionError(f"pool_stats accepted shape {tuple(bad.shape)}")
+    return count + 2
+
+
+CHECKS: dict[str, Callable[[object], int]] = {
+    "pool_stats": check_pool_stats,
+    "scale": check_scale,
+    "grad_ca": check_grad_ca,
+    "grad_input": check_grad_input,
+    "edges": check_edges,
+}
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("set TRITON_INTERPRET=1: these checks run the kernels on the CPU interpreter")
+    torch.manual_seed(0)
+    for name in sys.argv[1:] or list(CHECKS):
+        n_cases = CHECKS[name](None)
+        print(f"checked {name}: {n_cases} cases")
