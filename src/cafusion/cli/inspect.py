@@ -80,7 +80,8 @@ def format_blocks(rows: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*headers), fmt.format(*("-" * w for w in widths)), *(fmt.format(*c) for c in cells)])
+    lines = [fmt.format(*headers), fmt.format(*("-" * w for w in widths)), *(fmt.format(*c) for c in cells)]
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _load_data(spec: str, config: dict[str, Any]) -> tuple[Any, Any, str]:
@@ -106,19 +107,46 @@ def _check_fits(x: Any, config: dict[str, Any], source: str) -> None:
         )
 
 
+def _load_training_checkpoint(path: str) -> tuple[Any, str, dict[str, Any]]:
+    """A ``cafusion train`` checkpoint: its training state holds the model spec."""
+    from cafusion.training.checkpoint import load_checkpoint
+    from cafusion.training.models import ModelSpec, build_model
+
+    ckpt = load_checkpoint(path)
+    spec = ckpt.state.get("model_spec")
+    if not isinstance(spec, dict):
+        raise CLIError(f"checkpoint {path!r} does not record which model it belongs to (no model_spec)")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        model = build_model(ModelSpec(name=str(spec["name"]), **{**kwargs, "widths": tuple(kwargs["widths"])}))
+        model.load_state_dict(ckpt.weights, strict=True)
+    except (KeyError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        raise CLIError(f"checkpoint {path!r} does not fit the model it records ({spec}): {first}") from None
+    return model, str(spec["name"]), kwargs
+
+
+def load_any(path: str) -> tuple[Any, str, dict[str, Any]]:
+    """(model, model name, constructor kwargs) from a demo/library checkpoint or a training checkpoint."""
+    from cafusion.models.checkpoint import ModelCheckpointError, NoModelSpecError, load_model
+
+    try:
+        model, sidecar = load_model(path)
+    except NoModelSpecError:
+        return _load_training_checkpoint(path)
+    except ModelCheckpointError as exc:
+        raise CLIError(str(exc)) from None
+    spec = sidecar.get("model") or sidecar["config"]["model"]
+    return model, str(spec["name"]), dict(spec["kwargs"])
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from cafusion.diagnostics import FusionMonitor
-    from cafusion.models.checkpoint import ModelCheckpointError, load_model
 
-    try:
-        model, sidecar = load_model(args.checkpoint)
-    except ModelCheckpointError as exc:
-        raise CLIError(str(exc)) from None
-    spec = sidecar.get("model") or sidecar.get("config", {}).get("model", {})
-    kwargs = spec.get("kwargs", {})
-    print(f"{args.checkpoint}: {spec.get('name')}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
+    model, name, kwargs = load_any(args.checkpoint)
+    print(f"{args.checkpoint}: {name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})")
     print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
     rows = block_rows(model)
     if not rows:

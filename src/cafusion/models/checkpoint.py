@@ -24,6 +24,10 @@ class ModelCheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the model its sidecar names."""
 
 
+class NoModelSpecError(ModelCheckpointError):
+    """The sidecar does not describe the model (e.g. a ``cafusion train`` checkpoint, whose state does)."""
+
+
 def model_spec(model: nn.Module) -> dict[str, Any]:
     """``{"name", "kwargs"}`` that rebuilds ``model``; only models with a ``config`` dict qualify."""
     name = type(model).__name__
@@ -66,12 +70,11 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | None 
 
 
 def _find_spec(sidecar: Any) -> Any:
+    """The ``{"name", "kwargs"}`` entry at the top level or inside ``config``; None if there is none."""
     if isinstance(sidecar, dict):
-        if "model" in sidecar:
-            return sidecar["model"]
-        config = sidecar.get("config")
-        if isinstance(config, dict) and "model" in config:
-            return config["model"]
+        for holder in (sidecar, sidecar.get("config")):
+            if isinstance(holder, dict) and isinstance(holder.get("model"), dict):
+                return holder["model"]
     return None
 
 
@@ -98,7 +101,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ModelCheckpointError(f"checkpoint sidecar {str(meta)!r} is not valid JSON: {exc}") from None
     spec = _find_spec(sidecar)
     if spec is None:
-        raise ModelCheckpointError(f"checkpoint sidecar {str(meta)!r} has no 'model' entry")
+        raise NoModelSpecError(f"checkpoint sidecar {str(meta)!r} has no 'model' entry")
     model = build_model(spec)
     try:
         state = load_file(str(weights))
