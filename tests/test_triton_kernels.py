@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import Tensor
 
-GROUPS = ("pool_stats", "scale", "grad_ca", "grad_input", "edges")
+GROUPS = ("pool_stats", "scale", "grad_ca", "grad_input", "edges", "block")
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -204,7 +204,49 @@ def check_edges(t: object) -> int:
     return count + 2
 
 
+def check_block(t: object) -> int:
+    """The whole block with the fast path forced onto these kernels, against the reference path."""
+    from cafusion import ChannelAttentionFusionT
+    from cafusion.kernels import op, triton_ops
+
+    op.backend = lambda x: triton_ops  # type: ignore[assignment]  # CPU tensors would get the torch path
+    configs = [
+        {"fusion": "softmax", "gate": "sigmoid", "act": "relu"},
+        {"fusion": "sum", "gate": "hardsigmoid", "act": "silu", "learnable_temperature": True, "temperature": 0.7},
+    ]
+    shapes = [(2, 8, 5, 3), (3, 8, 11), (1, 8, 40, 40)]  # 4-D, rank 3, and a split reduction
+    count = 0
+    for cfg in configs:
+        for shape in shapes:
+            for channels_last in (False, True) if len(shape) == 4 else (False,):
+                torch.manual_seed(count)
+                ref = ChannelAttentionFusionT(8, reduction=2, impl="reference", **cfg)  # type: ignore[arg-type]
+                fast = ChannelAttentionFusionT(8, reduction=2, impl="fast", **cfg)  # type: ignore[arg-type]
+                fast.load_state_dict(ref.state_dict())
+                x = torch.randint(-3, 4, shape).float() + 0.1 * torch.randn(shape).round()  # many ties
+                if channels_last:
+                    x = x.to(memory_format=torch.channels_last)
+                what = f"{cfg} {shape} channels_last={channels_last}"
+                outs, grads = [], []
+                for m in (ref, fast):
+                    xi = x.clone().requires_grad_(True)
+                    y, ca = m(xi)[:2]
+                    (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+                    outs.append((y, ca))
+                    grads.append([xi.grad, *(p.grad for p in m.parameters())])
+                for a, b in zip(outs[0], outs[1], strict=True):
+                    _close(b, a, f"output {what}", rtol=1e-5, atol=1e-6)
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                assert outs[1][0].is_contiguous(memory_format=fmt), f"y layout {what}"
+                for a, b in zip(grads[0], grads[1], strict=True):
+                    assert a is not None and b is not None, what
+                    _close(b, a, f"gradient {what}", rtol=1e-5, atol=1e-5)
+                count += 1
+    return count
+
+
 CHECKS: dict[str, Callable[[object], int]] = {
+    "block": check_block,
     "pool_stats": check_pool_stats,
     "scale": check_scale,
     "grad_ca": check_grad_ca,
