@@ -151,5 +151,6 @@ def _run(args: argparse.Namespace) -> int:
             else "no checkpoint was written yet"
         )
         raise CLIError(f"interrupted during epoch {exc.epoch + 1}; {where}", code=130) from None
-    print(f"done: {result.epochs_done} epochs; run folder {result.out}")
+    if result.rank == 0:
+        print(f"done: {result.epochs_done} epochs; run folder {result.out}")
     return 0

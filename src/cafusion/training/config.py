@@ -57,9 +57,11 @@ class TrainConfig:
             raise ValueError(f"--model must be a name, got {self.model!r}")
         if not isinstance(self.attention, str) or not self.attention:
             raise ValueError(f"--attention must be a registry name, got {self.attention!r}")
-        from cafusion.layers.registry import get_attention
+        if not isinstance(self.attention_kwargs, dict):
+            raise TypeError(f"attention options must be a dict, got {type(self.attention_kwargs).__name__}")
+        from cafusion.layers.registry import create_attention
 
-        get_attention(self.attention)
+        create_attention(self.attention, 64, **self.attention_kwargs)  # a bad name or option fails now, not later
         self.widths = tuple(check.positive_int("--widths", w) for w in self.widths)
         if not self.widths:
             raise ValueError("--widths must list at least one width")

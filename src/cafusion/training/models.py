@@ -77,7 +77,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         model = _build_timm(spec, arch) if library == "timm" else _build_torchvision(spec, arch)
     else:
         raise ModelError(f"--model must be 'small_cnn', 'timm:<name>' or 'torchvision:<name>', got {spec.name!r}")
-    if spec.norm != "batch":
+    if spec.norm != "batch" and not spec.name.startswith("torchvision:"):  # torchvision: done before insertion
         replace_batch_norm(model, spec.norm)
     return model
 
@@ -88,8 +88,19 @@ def replace_batch_norm(model: nn.Module, norm: str) -> None:
         for child_name, child in list(parent.named_children()):
             if isinstance(child, _BATCH_NORMS):
                 channels = child.num_features
-                new: nn.Module = nn.GroupNorm(math.gcd(channels, 8), channels) if norm == "group" else nn.Identity()
+                new: nn.Module = nn.GroupNorm(math.gcd(channels, 8), channels) if norm == "group" else NoNorm(channels)
                 setattr(parent, child_name, new)
+
+
+class NoNorm(nn.Identity):
+    """Identity that still reports ``num_features``, so code that reads a norm layer's width keeps working."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}"
 
 
 def _block_factory(spec: ModelSpec) -> Any:
@@ -128,6 +139,8 @@ def _build_torchvision(spec: ModelSpec, arch: str) -> nn.Module:
     model: nn.Module = torchvision.models.get_model(arch, weights=None, num_classes=spec.num_classes)
     if spec.in_channels != 3:
         _adapt_first_conv(model, spec.in_channels, arch)
+    if spec.norm != "batch":  # before insertion: the block hangs off the last norm layer of each residual branch
+        replace_batch_norm(model, spec.norm)
     if spec.attention != "none":
         from cafusion.integrations.torchvision import insert_attention
 

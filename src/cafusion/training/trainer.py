@@ -55,6 +55,7 @@ class TrainResult:
     epochs_done: int
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
+    rank: int = 0
 
 
 class TrainInterrupted(KeyboardInterrupt):
@@ -132,7 +133,7 @@ class _Run:
             atomic_write_text(self.out / "config.json", json.dumps(meta, indent=2, default=str) + "\n")
         if start_epoch >= cfg.epochs:
             self.print(f"nothing to do: the checkpoint already has {start_epoch} of {cfg.epochs} epochs")
-            return TrainResult(self.out, start_epoch, self.history, self.last_checkpoint)
+            return TrainResult(self.out, start_epoch, self.history, self.last_checkpoint, ctx.rank)
         ddp: nn.Module = model
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -148,7 +149,7 @@ class _Run:
                 self._epoch(epoch, model, ddp, optimizer, scaler, amp_dtype, monitor, train_set, val_set, spec)
         except KeyboardInterrupt:
             raise TrainInterrupted(self.last_checkpoint, epoch) from None
-        return TrainResult(self.out, cfg.epochs, self.history, self.last_checkpoint)
+        return TrainResult(self.out, cfg.epochs, self.history, self.last_checkpoint, ctx.rank)
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         cfg = self.config
