@@ -1,0 +1,1 @@
+"""Bridges to other libraries (torchvision) and to files (weights); each optional dependency is imported lazily."""
