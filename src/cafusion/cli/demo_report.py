@@ -43,7 +43,7 @@ def answers(test: Sequence[BlockStats], history: Sequence[BlockStats], initial_t
             f"{100 * s.prefer_max:.1f}% of test samples prefer max)"
         )
     for s in test:
-        state = "saturating" if s.saturation > 0.5 else "not saturating"
+        state = "saturated" if s.saturation > 0.5 else "partly saturated" if s.saturation > 0.05 else "not saturating"
         lines.append(f"gate {s.block}: {state} ({100 * s.gate_low:.2f}% of ca < low, {100 * s.gate_high:.2f}% > high)")
     for s in test:
         steps = [h.T for h in history if h.block == s.block and h.T is not None]
