@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import time
@@ -149,7 +150,21 @@ class _Run:
                 self._epoch(epoch, model, ddp, optimizer, scaler, amp_dtype, monitor, train_set, val_set, spec)
         except KeyboardInterrupt:
             raise TrainInterrupted(self.last_checkpoint, epoch) from None
+        self._check_ranks_agree(model)
         return TrainResult(self.out, cfg.epochs, self.history, self.last_checkpoint, ctx.rank)
+
+    def _check_ranks_agree(self, model: nn.Module) -> None:
+        """Each rank hashes its own final weights; rank 0 records them (ranks.json) and refuses a mismatch.
+
+        DDP keeps replicas identical by construction; this makes that observable, and catches a rank
+        that silently trained on something else.
+        """
+        digests = dist_utils.all_gather_object(self.ctx, state_digest(model))
+        if self.ctx.is_main:
+            info = {"world_size": self.ctx.world_size, "state_sha256": digests}
+            atomic_write_text(self.out / "ranks.json", json.dumps(info, indent=2) + "\n")
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the {self.ctx.world_size} processes ended with different weights: {digests}")
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         cfg = self.config
@@ -341,6 +356,15 @@ class _Run:
         writer.writeheader()
         writer.writerows(self.history)
         atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
+
+
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of every tensor in the state dict (key order, raw bytes): equal iff bit-identical."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _means(sums: Tensor) -> tuple[float, float, float]:
