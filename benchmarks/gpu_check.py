@@ -1,0 +1,437 @@
+"""Check and time the Triton fast path on a CUDA GPU: one prepared script for a short device lease.
+
+1. Correctness: each Triton primitive against naive torch (shapes, dtypes, layouts, ties, NaN), and
+   the whole block, fast path against the reference path (outputs and every gradient).
+2. Bandwidth: for each benchmark shape, fp32/bf16 and contiguous/channels_last, the time of a copy
+   of x (the yardstick), and forward (no grad) and forward+backward of ours, of the reference module
+   and of torch.compile of the reference; ratios to the floor (forward 1.5 copies, forward+backward
+   3.5 copies) and effective GB/s (the minimal traffic divided by the time).
+
+Usage (repo root): ``PYTHONPATH=src python benchmarks/gpu_check.py --out DIR``. The reference module is
+looked up at ``--reference``, ``.gpu/``, ``shared/seed/`` and ``../shared/seed/``. Without a GPU the
+script says so and exits 2; ``TRITON_INTERPRET=1 ... --dry-run`` runs every code path on the CPU
+(Triton's interpreter, tiny shapes, wall-clock timing) to check the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+SHAPES = [(16, 256, 56, 56), (16, 512, 28, 28), (16, 1024, 14, 14), (16, 2048, 7, 7), (1, 64, 7, 7), (1, 256, 14, 14)]
+DRY_SHAPES = [(2, 16, 5, 5), (1, 8, 3, 3)]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+LAYOUTS = ("contiguous", "channels_last")
+REFERENCE_NAME = "reference_channel_attention_fusion_t.py"
+
+
+# ------------------------------------------------------------------------------------------- setup
+
+
+def find_reference(explicit: str | None) -> Path | None:
+    candidates = [Path(explicit)] if explicit else []
+    candidates += [
+        Path(".gpu") / REFERENCE_NAME,
+        Path("shared/seed") / REFERENCE_NAME,
+        Path("../shared/seed") / REFERENCE_NAME,
+    ]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def load_reference(path: Path) -> type[nn.Module]:
+    spec = importlib.util.spec_from_file_location("caft_reference", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cls: type[nn.Module] = module.ChannelAttentionFusionT
+    return cls
+
+
+def layout(x: Tensor, name: str) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if name == "channels_last" else x.contiguous()
+
+
+# ------------------------------------------------------------------------------------- correctness
+
+
+class Checks:
+    """Collects pass/fail per named check instead of stopping at the first failure."""
+
+    def __init__(self) -> None:
+        self.results: list[dict[str, Any]] = []
+
+    def run(self, name: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+            self.results.append({"check": name, "ok": True})
+        except Exception as exc:  # report every failure, keep checking the rest
+            self.results.append({"check": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            print(f"  FAIL {name}: {exc}", flush=True)
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.results if not r["ok"]]
+
+
+def _views(x: Tensor) -> Iterator[tuple[str, Tensor]]:
+    """(B, C, N) values as contiguous, channels_last-like and fully strided views."""
+    b, c, n = x.shape
+    yield "contiguous", x.contiguous()
+    yield "channels_last", x.transpose(1, 2).contiguous().transpose(1, 2)
+    wide = torch.zeros(b, n, 2 * c, dtype=x.dtype, device=x.device)
+    wide[:, :, ::2] = x.transpose(1, 2)
+    yield "strided", wide.transpose(1, 2)[:, ::2, :]
+
+
+def check_primitives(checks: Checks, device: torch.device, dry: bool) -> None:
+    from cafusion.kernels import triton_ops as T
+
+    shapes = [(2, 5, 7), (1, 3, 3000), (3, 200, 37), (2, 9, 1)]
+    if not dry:
+        shapes += [(16, 256, 3136), (1, 64, 49), (1, 2048, 49), (2, 3, 200_000)]
+    dtypes = [torch.float32, torch.bfloat16] if dry else [torch.float32, torch.bfloat16, torch.float16]
+    torch.manual_seed(0)
+    for shape in shapes:
+        for dtype in dtypes:
+            base = torch.randn(shape, device=device).to(dtype)
+            if shape[2] > 8:
+                base[0, 0, shape[2] // 3] = base[0, 0].max()  # a repeated maximum
+            for name, x in _views(base):
+                tag = f"{shape} {str(dtype)[6:]} {name}"
+                b, c, n = shape
+                ref = x.float()
+
+                def stats(x: Tensor = x, ref: Tensor = ref) -> None:
+                    avg, mx, idx = T.pool_stats(x, True)
+                    torch.testing.assert_close(avg, ref.mean(2), rtol=1e-5, atol=1e-5)
+                    assert torch.equal(mx, ref.amax(2)), "max differs"
+                    assert idx is not None and torch.equal(idx, ref.argmax(2)), "argmax differs (first maximal index)"
+
+                def scale(x: Tensor = x) -> None:
+                    ca = torch.rand(x.shape[:2], device=device).to(x.dtype)
+                    want = x * ca[:, :, None]
+                    got = T.scale(x, ca)
+                    if dry and x.dtype == torch.bfloat16:  # the interpreter rounds float32->bf16 toward zero
+                        torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=0.0)
+                    else:
+                        assert torch.equal(got, want), "y differs from x * ca"
+
+                def gca(x: Tensor = x, ref: Tensor = ref) -> None:
+                    dy = torch.randn_like(ref).to(x.dtype)
+                    want = (dy.float() * ref).sum(2)
+                    torch.testing.assert_close(T.grad_ca(dy, x), want, rtol=1e-4, atol=1e-3)
+
+                def gin(x: Tensor = x, b: int = b, c: int = c, n: int = n) -> None:
+                    ca = torch.rand(b, c, device=device).to(x.dtype)
+                    g_avg, g_max = torch.randn(b, c, device=device) / n, torch.randn(b, c, device=device)
+                    idx = torch.randint(0, n, (b, c), device=device)
+                    want = x.float() * ca.float()[:, :, None] + g_avg[:, :, None]
+                    want = want.scatter_add(2, idx[:, :, None], g_max[:, :, None]).to(x.dtype)
+                    tol = {"rtol": 1e-5, "atol": 1e-5} if x.dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+                    torch.testing.assert_close(T.grad_input(x, ca, g_avg, g_max, idx).float(), want.float(), **tol)
+
+                for what, fn in (("pool_stats", stats), ("scale", scale), ("grad_ca", gca), ("grad_input", gin)):
+                    checks.run(f"{what} {tag}", fn)
+
+    def nan_and_inf() -> None:
+        x = torch.randn(2, 4, 5000, device=device)
+        x[0, 1, 4000] = float("nan")
+        x[1, 2] = float("-inf")
+        _, mx, idx = T.pool_stats(x, True)
+        assert idx is not None
+        assert mx[0, 1].isnan() and x[0, 1, idx[0, 1]].isnan(), "NaN must win the max"
+        assert mx[1, 2] == float("-inf") and idx[1, 2] == 0, "an all -inf row reports index 0"
+
+    checks.run("pool_stats NaN and -inf", nan_and_inf)
+
+
+def check_block(checks: Checks, device: torch.device, dry: bool) -> None:
+    """Fast path vs reference path of cafusion's own module: y, ca and every gradient."""
+    from cafusion import ChannelAttentionFusionT
+    from cafusion.kernels import dispatch, triton_ops
+
+    probe = torch.zeros(1, 1, 1, device=device)
+    if dry:
+        from cafusion.kernels import op
+
+        op.backend = lambda x: triton_ops  # type: ignore[assignment]  # CPU tensors get the torch path otherwise
+    else:
+        checks.run("dispatcher picks triton for CUDA float32", lambda: _assert(dispatch.backend(probe) is triton_ops))
+
+    configs: list[dict[str, Any]] = [
+        {"fusion": "softmax", "gate": "sigmoid", "act": "relu"},
+        {"fusion": "sum", "gate": "hardsigmoid", "act": "silu", "learnable_temperature": True, "temperature": 0.5},
+    ]
+    shapes = [(2, 16, 5, 5), (3, 16, 11)] if dry else [(4, 64, 17, 19), (2, 64, 56, 56), (3, 64, 7), (1, 64, 1, 1)]
+    for cfg in configs:
+        for shape in shapes:
+            for dtype in (torch.float32, torch.bfloat16):
+                for lay in LAYOUTS if len(shape) == 4 else ("contiguous",):
+
+                    def one(
+                        cfg: dict[str, Any] = cfg,
+                        shape: tuple[int, ...] = shape,
+                        dtype: torch.dtype = dtype,
+                        lay: str = lay,
+                    ) -> None:
+                        torch.manual_seed(1)
+                        ref = ChannelAttentionFusionT(shape[1], reduction=4, impl="reference", **cfg).to(device)
+                        fast = ChannelAttentionFusionT(shape[1], reduction=4, impl="fast", **cfg).to(device)
+                        fast.load_state_dict(ref.state_dict())
+                        x = torch.randint(-4, 5, shape, device=device).to(dtype)  # integers: many ties
+                        x = layout(x + 0.25 * torch.randn(shape, device=device).round().to(dtype), lay)
+                        dy = torch.randn(shape, device=device).to(dtype)
+                        res = []
+                        truth = copy.deepcopy(ref).double()
+                        for m, xd, dyd in ((ref, x, dy), (fast, x, dy), (truth, x.double(), dy.double())):
+                            xi = xd.detach().clone().requires_grad_(True)
+                            y, ca = m(xi)[:2]
+                            y.backward(dyd)
+                            res.append([y, ca, xi.grad, *(p.grad for p in m.parameters())])
+                        for i, (a, b, t) in enumerate(zip(*res, strict=True)):
+                            if dtype == torch.float32:
+                                tol = {"rtol": 1e-5, "atol": 1e-6 if i < 2 else 1e-5}
+                                torch.testing.assert_close(b, a, **tol, msg=lambda m, i=i: f"tensor #{i}: {m}")
+                            else:  # bf16: ours must be about as close to the float64 truth as the reference is
+                                e_ref, e_fast = _rel_err(a, t), _rel_err(b, t)
+                                assert e_fast <= max(1.5 * e_ref, 1e-2), (
+                                    f"tensor #{i}: error {e_fast:.3g} vs {e_ref:.3g}"
+                                )
+
+                    checks.run(f"block {cfg} {shape} {str(dtype)[6:]} {lay}", one)
+
+
+def _rel_err(got: Tensor, truth: Tensor) -> float:
+    return float((got.detach().double() - truth.detach()).norm() / truth.detach().norm().clamp_min(1e-12))
+
+
+def _assert(cond: bool) -> None:
+    assert cond
+
+
+# ------------------------------------------------------------------------------------------ timing
+
+
+class Timer:
+    """Median time of fn in ms: CUDA events with an L2 flush before each rep (wall clock on CPU)."""
+
+    def __init__(self, device: torch.device, reps: int) -> None:
+        self.device = device
+        self.reps = reps
+        self.flush = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device=device) if device.type == "cuda" else None
+
+    def __call__(self, fn: Callable[[], object], reset: list[Tensor] | None = None) -> float:
+        for _ in range(3):
+            self._clear(reset)
+            fn()
+        self._sync()
+        times = []
+        for _ in range(self.reps):
+            self._clear(reset)
+            if self.flush is not None:
+                self.flush.zero_()
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                times.append((start, end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((t0, time.perf_counter()))
+        self._sync()
+        if self.flush is not None:
+            return statistics.median(s.elapsed_time(e) for s, e in times)
+        return statistics.median((e - s) * 1e3 for s, e in times)
+
+    @staticmethod
+    def _clear(reset: list[Tensor] | None) -> None:
+        for t in reset or []:
+            t.grad = None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def peak_step_mb(device: torch.device, step: Callable[[], object]) -> float | None:
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    step()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def bench_case(
+    shape: tuple[int, ...], dtype: torch.dtype, lay: str, ref_cls: type[nn.Module] | None, timer: Timer, compile_: bool
+) -> dict[str, Any]:
+    from cafusion import ChannelAttentionFusionT
+
+    device = timer.device
+    torch.manual_seed(0)
+    x = layout(torch.randn(shape, device=device, dtype=dtype), lay)
+    dy = layout(torch.randn(shape, device=device, dtype=dtype), lay)
+    out = torch.empty_like(x)
+    nbytes = x.numel() * x.element_size()
+    copy_ms = timer(lambda: out.copy_(x))
+    row: dict[str, Any] = {"shape": list(shape), "dtype": str(dtype)[6:], "layout": lay, "copy_ms": copy_ms}
+    row["copy_GBps"] = 2 * nbytes / copy_ms / 1e6
+
+    models: dict[str, nn.Module] = {"ours": ChannelAttentionFusionT(shape[1], impl="fast")}
+    if ref_cls is not None:
+        models["reference"] = ref_cls(shape[1])
+        models["ours"].load_state_dict(models["reference"].state_dict())
+        if compile_:
+            models["compiled"] = torch.compile(ref_cls(shape[1]), dynamic=False)
+    for name, model in models.items():
+        model.to(device=device, dtype=dtype)
+        params = list(model.parameters())
+        xg = x.detach().clone().requires_grad_(True)
+
+        def fwd(model: nn.Module = model) -> object:
+            with torch.no_grad():
+                return model(x)
+
+        def train(model: nn.Module = model, xg: Tensor = xg) -> None:
+            model(xg)[0].backward(dy)
+
+        try:
+            fwd_ms = timer(fwd)
+            step_ms = timer(train, reset=[xg, *params])
+            peak = peak_step_mb(device, train)
+        except Exception as exc:  # e.g. compile failing on this machine: record it, keep the table
+            row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            continue
+        row[f"{name}_fwd_ms"], row[f"{name}_step_ms"], row[f"{name}_peak_MB"] = fwd_ms, step_ms, peak
+        row[f"{name}_fwd_floor_x"] = fwd_ms / (1.5 * copy_ms)
+        row[f"{name}_step_floor_x"] = step_ms / (3.5 * copy_ms)
+        row[f"{name}_fwd_GBps"] = 3 * nbytes / fwd_ms / 1e6  # read x twice, write y
+        row[f"{name}_step_GBps"] = 7 * nbytes / step_ms / 1e6  # + read dy and x, read dy, write dx
+    return row
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cols = [("ours", "fwd"), ("ours", "step"), ("reference", "fwd"), ("reference", "step")]
+    cols += [("compiled", "fwd"), ("compiled", "step")]
+    head = "| shape | dtype | layout | copy us (GB/s) |"
+    head += "".join(f" {who} {what} us (x floor) |" for who, what in cols)
+    lines = [head, "|" + " --- |" * (4 + len(cols))]
+    for r in rows:
+        cells = [str(tuple(r["shape"])), r["dtype"], r["layout"], f"{r['copy_ms'] * 1e3:.1f} ({r['copy_GBps']:.0f})"]
+        for who, what in cols:
+            ms = r.get(f"{who}_{what}_ms")
+            cells.append("-" if ms is None else f"{ms * 1e3:.1f} ({r[f'{who}_{what}_floor_x']:.2f}x)")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="folder for gpu_check.json (default: $OUT)")
+    parser.add_argument("--reference", default=None, help=f"path to {REFERENCE_NAME}")
+    parser.add_argument(
+        "--compile",
+        choices=("all", "contiguous", "none"),
+        default="contiguous",
+        help="which cases also time torch.compile of the reference (each case compiles anew)",
+    )
+    parser.add_argument("--reps", type=int, default=30, help="timed repetitions per measurement (median)")
+    parser.add_argument("--skip-checks", action="store_true", help="only time")
+    parser.add_argument("--skip-bench", action="store_true", help="only check correctness")
+    parser.add_argument("--dry-run", action="store_true", help="CPU + TRITON_INTERPRET=1: exercise the script itself")
+    args = parser.parse_args(argv)
+
+    if args.dry_run:
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            print("gpu_check: --dry-run needs TRITON_INTERPRET=1 (the Triton interpreter runs the kernels on the CPU)")
+            return 2
+        device = torch.device("cpu")
+    elif not torch.cuda.is_available():
+        print(f"gpu_check: no CUDA device here (torch {torch.__version__}); nothing to check. Run it on a GPU machine,")
+        print("           or check the script itself with: TRITON_INTERPRET=1 python benchmarks/gpu_check.py --dry-run")
+        return 2
+    else:
+        device = torch.device("cuda")
+    import triton
+
+    from cafusion.kernels import triton_ops
+
+    probe = torch.zeros(1, 1, 1, device=device)
+    if not triton_ops.is_available(probe):
+        print(f"gpu_check: the Triton kernels are not available on {device} (triton {triton.__version__})")
+        return 2
+
+    env = {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "dry_run": args.dry_run,
+    }
+    print(json.dumps(env), flush=True)
+    report: dict[str, Any] = {"env": env}
+
+    checks = Checks()
+    if not args.skip_checks:
+        t0 = time.time()
+        check_primitives(checks, device, args.dry_run)
+        check_block(checks, device, args.dry_run)
+        n_fail = len(checks.failed)
+        print(f"correctness: {len(checks.results) - n_fail}/{len(checks.results)} passed ({time.time() - t0:.0f} s)")
+        report["checks"] = checks.results
+
+    ref_path = find_reference(args.reference)
+    if ref_path is None:
+        print(f"reference module not found ({REFERENCE_NAME}; --reference PATH): timing ours and the copy only")
+    rows: list[dict[str, Any]] = []
+    if not args.skip_bench:
+        ref_cls = load_reference(ref_path) if ref_path is not None else None
+        if hasattr(torch, "_dynamo"):
+            for knob in ("cache_size_limit", "recompile_limit"):
+                if hasattr(torch._dynamo.config, knob):
+                    setattr(torch._dynamo.config, knob, 256)
+        timer = Timer(device, 3 if args.dry_run else args.reps)
+        for shape in DRY_SHAPES if args.dry_run else SHAPES:
+            for dname, dtype in DTYPES.items():
+                for lay in LAYOUTS:
+                    t0 = time.time()
+                    compile_ = not args.dry_run and (args.compile == "all" or (args.compile == lay == "contiguous"))
+                    row = bench_case(shape, dtype, lay, ref_cls, timer, compile_)
+                    rows.append(row)
+                    print(f"  {shape} {dname} {lay}: {time.time() - t0:.1f} s", flush=True)
+        print(table(rows))
+        report["bench"] = rows
+
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+        (out / "gpu_check.md").write_text(table(rows) + "\n")
+        print(f"wrote {out / 'gpu_check.json'}")
+    return 1 if checks.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
