@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import Tensor
 
-GROUPS = ("pool_stats", "scale", "grad_ca", "grad_input", "edges", "block")
+GROUPS = ("pool_stats", "scale", "grad_ca", "grad_input", "edges", "block", "gpu_check")
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -245,7 +245,31 @@ def check_block(t: object) -> int:
     return count
 
 
+def check_gpu_check_script(t: object) -> int:
+    """benchmarks/gpu_check.py --dry-run: every code path of the GPU script, on the interpreter."""
+    import importlib.util
+    import json
+    import tempfile
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    with tempfile.TemporaryDirectory() as out:
+        rc = gpu_check.main(["--dry-run", "--skip-checks", "--reps", "1", "--out", out])
+        report = json.loads((Path(out) / "gpu_check.json").read_text())
+    assert rc == 0, rc
+    rows = report["bench"]
+    assert len(rows) == len(gpu_check.DRY_SHAPES) * 4, len(rows)  # 2 dtypes x 2 layouts
+    for row in rows:
+        for key in ("copy_ms", "ours_fwd_ms", "ours_step_ms", "ours_fwd_floor_x", "ours_step_GBps"):
+            assert row[key] > 0, (key, row)
+    return len(rows)
+
+
 CHECKS: dict[str, Callable[[object], int]] = {
+    "gpu_check": check_gpu_check_script,
     "block": check_block,
     "pool_stats": check_pool_stats,
     "scale": check_scale,
