@@ -132,7 +132,7 @@ def channel_attention_fusion(
         ]
         reason = fastpath.blocker(x, weights, temperature)
         if reason is None:
-            return FusionOutput(*fastpath.channel_attention_fusion_fast(x, *weights, temperature, fusion, gate, act))
+            return FusionOutput(*fastpath.channel_attention_fusion_fast(x, weights, temperature, fusion, gate, act))
         if impl == "fast":
             raise RuntimeError(f"impl='fast' cannot run here: {reason}; use impl='auto' or 'reference'")
 

@@ -17,13 +17,16 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _functorch_active() -> bool:
-    probe = getattr(torch._C._functorch, "are_transforms_active", None)
-    return bool(probe()) if probe is not None else False
+    """True inside vmap/grad/jacrev; a private probe, so a torch without it counts as 'not active'."""
+    if torch.compiler.is_compiling():  # dynamo answers this probe with its own tracing state
+        return False
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
 
 
 def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float) -> str | None:
     """Why the fast path cannot run this call, or None when it can (``weights``: MLP and router tensors)."""
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
+    if torch.jit.is_scripting() or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
         return "TorchScript scripting/tracing is active"
     if torch.onnx.is_in_onnx_export():
         return "ONNX export is active"
@@ -46,21 +49,14 @@ def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float
 
 
 def channel_attention_fusion_fast(
-    x: Tensor,
-    fc1_weight: Tensor,
-    fc1_bias: Tensor | None,
-    fc2_weight: Tensor,
-    fc2_bias: Tensor | None,
-    router1_weight: Tensor | None,
-    router1_bias: Tensor | None,
-    router2_weight: Tensor | None,
-    router2_bias: Tensor | None,
-    temperature: Tensor | float,
-    fusion: str,
-    gate: str,
-    act: str,
+    x: Tensor, weights: list[Tensor | None], temperature: Tensor | float, fusion: str, gate: str, act: str
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(y, ca (B, C, 1, ...), fusion_w or None) through the custom op; arguments already validated."""
+    """(y, ca (B, C, 1, ...), fusion_w or None) through the custom op; arguments already validated.
+
+    ``weights``: fc1 weight/bias, fc2 weight/bias, router layer 1 weight/bias, layer 2 weight/bias.
+    """
+    fc1_weight, fc1_bias, fc2_weight, fc2_bias, router1_weight, router1_bias, router2_weight, router2_bias = weights
+    assert fc1_weight is not None and fc2_weight is not None
     if not isinstance(temperature, Tensor):
         dtype = compute_dtype(torch.float64 if x.dtype == torch.float64 else torch.float32, fc1_weight.dtype)
         temperature = torch.tensor(temperature, dtype=dtype, device=x.device)
