@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_TILE = 2048  # elements per tile: 16 per thread at 4 warps
+_TILE_BYTES = 8192  # bytes of x per tile: enough loads in flight per program to stream HBM
 _MAX_SPLITS = 64
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -69,15 +69,22 @@ def _pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
 
-def _tile(unit: int, c: int, n: int) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_N): wide along the unit-stride dim, about _TILE elements in all."""
+def _tile(unit: int, c: int, n: int, itemsize: int) -> tuple[int, int, int]:
+    """(BLOCK_C, BLOCK_N, num_warps): _TILE_BYTES per tile, wide along the unit-stride dim.
+
+    16 elements per thread and accumulator: 4 warps for float32, 8 for 16-bit types.
+    """
+    tile = _TILE_BYTES // itemsize
     if unit == 2:
-        block_c = min(_pow2(c), 128)
-        return block_c, min(_pow2(n), max(1, _TILE // block_c))
-    block_n = min(_pow2(n), 512)
-    return min(_pow2(c), max(1, _TILE // block_n)), block_n
+        block_c = min(_pow2(c), 512 // itemsize)  # 512 contiguous bytes per row of the tile
+        block_n = min(_pow2(n), max(1, tile // block_c))
+    else:
+        block_n = min(_pow2(n), 2048 // itemsize)
+        block_c = min(_pow2(c), max(1, tile // block_n))
+    return block_c, block_n, max(1, min(tile // 512, block_c * block_n // 256))
 
 
+@functools.cache
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).multi_processor_count)
@@ -96,7 +103,7 @@ def _splits(device: torch.device, programs: int, n: int, block_n: int) -> tuple[
 def _check(x3: Tensor, name: str) -> None:
     if x3.dim() != 3:
         raise ValueError(f"{name} must be a (B, C, N) tensor, got shape {tuple(x3.shape)}")
-    if x3.shape[2] >= 2**31 - _TILE:
+    if x3.shape[2] >= 2**31 - _TILE_BYTES:
         raise ValueError(f"{name} has N={x3.shape[2]} spatial positions; these kernels index N in int32")
 
 
@@ -118,7 +125,7 @@ def _reduce(
     if rows == 0:
         return sum_out, max_out, idx_out
     unit = _unit(a)
-    block_c, block_n = _tile(unit, c, n)
+    block_c, block_n, warps = _tile(unit, c, n, a.element_size())
     n_cblk = -(-c // block_c)
     splits, chunk = _splits(a.device, bsz * n_cblk, n, block_n)
     scale = 1.0 / n if mean else 1.0
@@ -152,7 +159,7 @@ def _reduce(
             NEED_IDX=need_index,
             BLOCK_C=block_c,
             BLOCK_N=block_n,
-            num_warps=4,
+            num_warps=warps,
         )
         if splits > 1:
             block_r = 64
@@ -198,7 +205,7 @@ def scale(x3: Tensor, ca: Tensor) -> Tensor:
         return y3
     ca = ca.reshape(bsz, c).contiguous()
     unit = _unit(x3)
-    block_c, block_n = _tile(unit, c, n)
+    block_c, block_n, warps = _tile(unit, c, n, x3.element_size())
     n_cblk, n_nblk = -(-c // block_c), -(-n // block_n)
     with _device_guard(x3):
         k.scale_kernel[(bsz * n_cblk * n_nblk,)](
@@ -215,7 +222,7 @@ def scale(x3: Tensor, ca: Tensor) -> Tensor:
             UNIT_Y=_unit(y3),
             BLOCK_C=block_c,
             BLOCK_N=block_n,
-            num_warps=4,
+            num_warps=warps,
         )
     return y3
 
@@ -244,7 +251,7 @@ def grad_input(dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tenso
         return dx3
     small = [t.reshape(bsz, c).contiguous() for t in (ca, g_avg, g_max, idx)]
     unit = _unit(dy3)
-    block_c, block_n = _tile(unit, c, n)
+    block_c, block_n, warps = _tile(unit, c, n, dy3.element_size())
     n_cblk, n_nblk = -(-c // block_c), -(-n // block_n)
     with _device_guard(dy3):
         k.grad_input_kernel[(bsz * n_cblk * n_nblk,)](
@@ -261,6 +268,6 @@ def grad_input(dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tenso
             UNIT_X=_unit(dx3),
             BLOCK_C=block_c,
             BLOCK_N=block_n,
-            num_warps=4,
+            num_warps=warps,
         )
     return dx3
