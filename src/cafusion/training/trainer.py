@@ -208,7 +208,8 @@ class _Run:
         try:
             model.load_state_dict(checkpoint.weights, strict=True)
             optimizer.load_state_dict(checkpoint.state["optimizer"])
-            scaler.load_state_dict(checkpoint.state["scaler"])
+            if checkpoint.state["scaler"]:  # empty when saved without fp16 (CPU, bf16): nothing to restore
+                scaler.load_state_dict(checkpoint.state["scaler"])
         except (RuntimeError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             raise CheckpointError(f"checkpoint {str(checkpoint.path)!r} does not fit this model: {first}") from None
