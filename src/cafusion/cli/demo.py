@@ -215,13 +215,13 @@ def _require_extras() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = _prepare_out(args.out)  # first: a bad folder fails at once, before imports and training
+    _require_extras()
     from tqdm import tqdm
 
-    _require_extras()
     preset = QUICK if args.quick else FULL
     args.epochs = args.epochs or preset["epochs"]
     args.seeds = args.seeds or preset["seeds"]
-    out = _prepare_out(args.out)  # before any training: a bad folder fails in a second, not minutes
     data = load_digits(args.train_limit)
     seeds = [args.seed + i for i in range(args.seeds)]
     print(

@@ -1,0 +1,219 @@
+"""The ``cafusion`` command run as a user runs it: a subprocess, its output, its files, its exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cafusion.cli.demo import VARIANTS
+from cafusion.cli.main import main
+from cafusion.models import SmallCNN
+from cafusion.models.checkpoint import save_model, sidecar_path
+from tests.test_diagnostics_export import assert_png
+
+# The smallest demo that still exercises everything: 1 seed, 1 epoch, 300 training digits.
+TINY_DEMO = ["demo", "--quick", "--epochs", "1", "--train-limit", "300"]
+
+
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cafusion", *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CAFUSION_DEBUG", None)
+    return env
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_command(*args), capture_output=True, text=True, timeout=timeout, env=_env(), check=False)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cafusion") and "error:" in lines[0]
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_help_lists_every_command() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("demo", "bench", "inspect", "train"):
+        assert command in result.stdout
+
+
+def _without_timing(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k != "timing"}
+
+
+def test_demo_end_to_end_is_deterministic_and_writes_a_valid_report(tmp_path: Path) -> None:
+    # Two runs with the same seed, side by side; one shows its progress bars on stderr.
+    runs = {
+        name: subprocess.Popen(
+            _command(*TINY_DEMO, "--out", str(tmp_path / name), *extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for name, extra in (("a", []), ("b", ["--no-progress"]))
+    }
+    outputs = {name: p.communicate(timeout=240) for name, p in runs.items()}
+    for name, p in runs.items():
+        assert p.returncode == 0, outputs[name][1]
+    stdout, stderr = outputs["a"]
+    assert "Traceback" not in stderr
+    assert "caft_softmax_T  seed 0" in stderr and "100%" in stderr  # tqdm progress bars
+    assert "seed 0" not in outputs["b"][1]
+
+    # the comparison table: one row per variant with accuracy mean ± std, params and time per epoch
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("model"))
+    assert "test acc (mean ± std)" in lines[header] and "params" in lines[header] and "s/epoch" in lines[header]
+    rows = lines[header + 2 : header + 2 + len(VARIANTS)]
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    for row, variant in zip(rows, report["variants"], strict=True):
+        assert row.split()[0] == variant["name"]
+        assert f"{variant['params']:,}" in row
+        assert f"{100 * variant['accuracy_mean']:.2f}% ± 0.00" in row
+    assert [v["name"] for v in report["variants"]] == [v[0] for v in VARIANTS]
+    assert all(0.0 <= v["accuracy_mean"] <= 1.0 for v in report["variants"])
+
+    # the fusion diagnostics of the learned-T softmax block, and the three answers
+    assert "fusion diagnostics of caft_softmax_T on the test split" in stdout
+    for s in report["diagnostics"]["caft_softmax_T"]["test"]["summary"]:
+        assert s["samples"] == 360 and sum(s["hist"]) == 360
+        assert f"{s['T']:.4f}" in stdout
+    for topic in ("router", "gate", "temperature"):
+        assert any(line.startswith(f"- {topic} ") for line in lines)
+
+    # same seed, same numbers (wall-clock times aside)
+    report_b = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert _without_timing(report) == _without_timing(report_b)
+
+    # the report folder: markdown that embeds valid PNGs, and an inspectable checkpoint
+    md = (tmp_path / "a" / "report.md").read_text()
+    pngs = sorted(tmp_path.joinpath("a").glob("*.png"))
+    assert len(pngs) == 4
+    for png in pngs:
+        assert f"]({png.name})" in md
+        assert_png(png)
+    checkpoint = tmp_path / "a" / "caft_softmax_T.safetensors"
+    inspected = cli("inspect", str(checkpoint), "--data", "digits")
+    assert inspected.returncode == 0, inspected.stderr
+    out = inspected.stdout
+    assert "stages.0.3" in out and "stages.1.3" in out and "(learned)" in out
+    assert "diagnostics on digits test split (360 samples" in out
+    for s in report["diagnostics"]["caft_softmax_T"]["test"]["summary"]:
+        assert f"{s['w_avg_mean']:.3f}" in out and f"{s['T']:.4f}" in out
+
+
+def run_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``main(args)`` in this process: the same code path as the command, without a second startup."""
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_inspect_prints_config_temperature_and_router_bias(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = SmallCNN(1, 3, attention_kwargs={"learnable_temperature": True, "temperature": 1.5}, widths=(4, 8))
+    router = model.stages[1][3].fusion_router
+    router[2].bias.data = router[2].bias.data.new_tensor([0.25, -0.5])
+    path = save_model(model, tmp_path / "m.safetensors")
+    code, out, err = run_in_process(capsys, "inspect", str(path))
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("stages.1.3"))
+    assert row.split()[1:6] == ["8", "4", "softmax", "sigmoid", "relu"]
+    assert "1.5000 (learned)" in row and "(+0.2500, -0.5000)" in row and "+0.7500" in row
+
+
+def _npz(path: Path, channels: int) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(path, x=rng.normal(size=(6, channels, 5, 5)).astype("float32"), y=np.arange(6) % 3)
+    return path
+
+
+def test_inspect_runs_diagnostics_on_a_data_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = save_model(SmallCNN(2, 3, widths=(4,)), tmp_path / "m.safetensors")
+    code, out, err = run_in_process(capsys, "inspect", str(path), "--data", str(_npz(tmp_path / "d.npz", channels=2)))
+    assert code == 0, err
+    assert "diagnostics on" in out and "(6 samples" in out
+    assert "mean w_avg per class: 0:" in out
+
+
+@pytest.fixture
+def checkpoints(tmp_path: Path) -> dict[str, str]:
+    """A missing, a corrupt and another architecture's checkpoint, plus a good one."""
+    good = save_model(SmallCNN(1, 3, widths=(4,)), tmp_path / "good.safetensors")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"not a safetensors file at all")
+    sidecar_path(corrupt).write_text(sidecar_path(good).read_text())
+    other = save_model(SmallCNN(1, 3, widths=(8,)), tmp_path / "other.safetensors")
+    sidecar_path(other).write_text(sidecar_path(good).read_text())  # weights of another architecture
+    return {
+        "missing": str(tmp_path / "missing.safetensors"),
+        "corrupt": str(corrupt),
+        "other": str(other),
+        "good": str(good),
+        "file": str(sidecar_path(good)),
+        "npz3": str(_npz(tmp_path / "d.npz", channels=3)),
+    }
+
+
+# One case per kind runs as a real subprocess; the rest call main() in-process (same handler, faster).
+BAD_INPUT = [
+    (["demo", "--seeds", "0"], ["--seeds", "positive integer"], True),
+    (["demo", "--quick", "--out", "{file}/sub"], ["cannot write to output folder"], True),
+    (["inspect", "{corrupt}"], ["not a readable safetensors"], True),
+    (["demo", "--epochs", "many"], ["--epochs", "'many'"], False),
+    (["demo", "--colour"], ["unrecognized arguments: --colour"], False),
+    (["frobnicate"], ["invalid choice"], False),
+    (["inspect", "{missing}"], ["does not exist"], False),
+    (["inspect", "{other}"], ["does not fit SmallCNN", "channels=8"], False),
+    (["inspect", "{good}", "--data", "{npz3}"], ["expects 1 channel"], False),
+    (["inspect", "{good}", "--batch-size", "-3"], ["--batch-size"], False),
+]
+
+
+@pytest.mark.parametrize(("args", "needles", "subprocess_run"), BAD_INPUT)
+def test_bad_input_is_one_clear_line_and_a_non_zero_exit(
+    args: list[str],
+    needles: list[str],
+    subprocess_run: bool,
+    checkpoints: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [a.format(**checkpoints) for a in args]
+    if subprocess_run:
+        result = cli(*argv)
+    else:
+        code, out, err = run_in_process(capsys, *argv)
+        result = subprocess.CompletedProcess(argv, code, out, err)
+    assert_one_line_error(result, *needles)
+
+
+def test_bench_forwards_to_the_block_benchmark(tmp_path: Path) -> None:
+    result = cli("bench", "--help")
+    assert result.returncode == 0 and "--quick" in result.stdout and "--out" in result.stdout
+    try:
+        import cafusion.bench.block  # noqa: F401
+    except ModuleNotFoundError:
+        assert_one_line_error(cli("bench", "--quick"), "cafusion.bench.block")
+        return
+    result = cli("bench", "--quick", "--out", str(tmp_path), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
