@@ -74,34 +74,41 @@ class BlockStats:
 
 
 class _Counters:
-    """On-device running sums for one block; grows its per-class part when a new label appears."""
+    """Running sums for one block: the open step's (``current``) and every closed step's (``total``).
+
+    Data-dependent sums live on the block's device so a forward never waits for the host; counts
+    the host already knows (samples, gate entries, forwards) stay Python ints until a step closes.
+    The per-class part grows when a new label appears.
+    """
 
     def __init__(self, bins: int, num_classes: int) -> None:
         self.bins = bins
         self.num_classes = num_classes
-        self.flat: Tensor | None = None  # created lazily on the block's device
+        self.current: Tensor | None = None  # created lazily on the block's device
+        self.total: Tensor | None = None
+        self.counts = [0, 0, 0]  # samples, gate entries, forwards of the open step
 
-    def _ensure(self, device: torch.device) -> Tensor:
-        if self.flat is None:
-            dtype = torch.float32 if device.type == "mps" else torch.float64
-            self.flat = torch.zeros(_N_SCALARS + self.bins + 2 * self.num_classes, dtype=dtype, device=device)
-        return self.flat
+    @property
+    def width(self) -> int:
+        return _N_SCALARS + self.bins + 2 * self.num_classes
+
+    def zeros(self, like: Tensor | None = None, device: torch.device | None = None) -> Tensor:
+        device = like.device if like is not None else device or torch.device("cpu")
+        dtype = like.dtype if like is not None else torch.float32 if device.type == "mps" else torch.float64
+        return torch.zeros(self.width, dtype=dtype, device=device)
+
+    def _widen(self, flat: Tensor | None, old: int) -> Tensor | None:
+        if flat is None:
+            return None
+        start = _N_SCALARS + self.bins
+        pad = torch.zeros(self.num_classes - old, dtype=flat.dtype, device=flat.device)
+        return torch.cat([flat[:start], flat[start : start + old], pad, flat[start + old :], pad])
 
     def grow(self, num_classes: int) -> None:
         """Widen the per-class sums (zero-padded) so that ``num_classes`` labels fit."""
-        if num_classes <= self.num_classes:
-            return
-        if self.flat is not None:
-            extra = 2 * (num_classes - self.num_classes)
-            head = self.flat[: _N_SCALARS + self.bins]
-            sums, counts = self.class_parts(self.flat)
-            pad = torch.zeros(extra // 2, dtype=self.flat.dtype, device=self.flat.device)
-            self.flat = torch.cat([head, sums, pad, counts, pad])
-        self.num_classes = num_classes
-
-    def class_parts(self, flat: Tensor) -> tuple[Tensor, Tensor]:
-        start = _N_SCALARS + self.bins
-        return flat[start : start + self.num_classes], flat[start + self.num_classes :]
+        if num_classes > self.num_classes:
+            old, self.num_classes = self.num_classes, num_classes
+            self.current, self.total = self._widen(self.current, old), self._widen(self.total, old)
 
     @torch.no_grad()
     def add(
@@ -116,25 +123,20 @@ class _Counters:
         """Add one forward; ``labels`` is (labels, number of classes they need)."""
         if labels is not None:
             self.grow(labels[1])
-        flat = self._ensure(ca.device)
-        dtype = flat.dtype
+        if self.current is None:
+            self.current = self.zeros(device=ca.device)
+        flat = self.current
         ca = ca.detach()
-        flat[_N] += ca.shape[0]
-        scalars = [
-            torch.tensor(float(ca.numel()), dtype=dtype, device=flat.device),
-            (ca < lo).sum().to(dtype),
-            (ca > hi).sum().to(dtype),
-            temperature.detach().to(device=flat.device, dtype=dtype).reshape(()),
-            torch.ones((), dtype=dtype, device=flat.device),
-        ]
-        flat[_N_CA : _N_T + 1] += torch.stack(scalars)
+        self.counts[0] += ca.shape[0]
+        self.counts[1] += ca.numel()
+        self.counts[2] += 1
+        t = temperature.detach().to(device=flat.device, dtype=flat.dtype).reshape(())
+        flat[_CA_LOW : _SUM_T + 1] += torch.stack([(ca < lo).sum().to(flat.dtype), (ca > hi).sum().to(flat.dtype), t])
         if fusion_w is None:
             return
-        w = fusion_w.detach()[:, 0].to(dtype)
-        flat[_SUM_W] += w.sum()
-        flat[_SUM_W2] += (w * w).sum()
-        flat[_N_MAX] += (w < 0.5).sum().to(dtype)
-        # Histogram by comparison with the bin edges: deterministic on every device, unlike histc.
+        w = fusion_w.detach()[:, 0].to(flat.dtype)
+        flat[_SUM_W : _N_MAX + 1] += torch.stack([w.sum(), (w * w).sum(), (w < 0.5).sum().to(flat.dtype)])
+        # Histogram by comparison with the bin indices: deterministic on every device, unlike histc.
         idx = (w * self.bins).long().clamp_(0, self.bins - 1)
         flat[_N_SCALARS : _N_SCALARS + self.bins] += (idx[:, None] == torch.arange(self.bins, device=w.device)).sum(0)
         if labels is not None:
@@ -143,17 +145,31 @@ class _Counters:
                 raise ValueError(
                     f"FusionMonitor labels have shape {tuple(y.shape)} but the batch has {w.numel()} samples"
                 )
-            onehot = (y[:, None] == torch.arange(self.num_classes, device=w.device)).to(dtype)
-            sums, counts = self.class_parts(flat)
-            sums += onehot.t() @ w
-            counts += onehot.sum(0)
+            onehot = (y[:, None] == torch.arange(self.num_classes, device=w.device)).to(flat.dtype)
+            start = _N_SCALARS + self.bins
+            flat[start : start + self.num_classes] += onehot.t() @ w
+            flat[start + self.num_classes :] += onehot.sum(0)
 
-    def take(self) -> Tensor | None:
-        """Return the counters and zero them."""
-        flat = self.flat
-        if flat is not None:
-            self.flat = torch.zeros_like(flat)
+    def _open_step(self) -> Tensor:
+        flat = self.current.clone() if self.current is not None else self.zeros(like=self.total)
+        for index, count in zip((_N, _N_CA, _N_T), self.counts, strict=True):
+            flat[index] = count
         return flat
+
+    def close(self) -> Tensor:
+        """The open step's sums (folded into the total), and a fresh open step."""
+        flat = self._open_step()
+        self.total = flat.clone() if self.total is None else self.total.to(flat.device) + flat
+        self.current, self.counts = None, [0, 0, 0]
+        return flat
+
+    def snapshot(self) -> Tensor:
+        """Every closed step plus the open one, without closing anything."""
+        flat = self._open_step()
+        return flat if self.total is None else self.total.to(flat.device) + flat
+
+    def clear(self) -> None:
+        self.current, self.total, self.counts = None, None, [0, 0, 0]
 
 
 def _reduce(flat: Tensor, num_classes: int, bins: int) -> Tensor:
@@ -241,8 +257,7 @@ class FusionMonitor:
         self.blocks: dict[str, ChannelAttentionFusionT] = {
             name or "<root>": m for name, m in model.named_modules() if isinstance(m, ChannelAttentionFusionT)
         }
-        self._step_counters = {name: _Counters(self.bins, classes) for name in self.blocks}
-        self._total_counters = {name: _Counters(self.bins, classes) for name in self.blocks}
+        self._counters = {name: _Counters(self.bins, classes) for name in self.blocks}
         self._handles: list[RemovableHandle] = []
         self._labels: tuple[Tensor, int] | None = None
         self.history: list[BlockStats] = []
@@ -276,11 +291,10 @@ class FusionMonitor:
         self.detach()
 
     def _make_hook(self, name: str) -> Any:
-        step, total = self._step_counters[name], self._total_counters[name]
+        counters = self._counters[name]
 
         def hook(module: ChannelAttentionFusionT, ca: Tensor, fusion_w: Tensor | None, temperature: Tensor) -> None:
-            for counters in (step, total):
-                counters.add(ca, fusion_w, temperature, self._labels, self.low, self.high)
+            counters.add(ca, fusion_w, temperature, self._labels, self.low, self.high)
 
         return hook
 
@@ -310,12 +324,10 @@ class FusionMonitor:
             self._labels = None
 
     # -- results -------------------------------------------------------------------------------
-    def _collect(self, counters: dict[str, _Counters], step: int | None, consume: bool) -> list[BlockStats]:
+    def _collect(self, step: int | None) -> list[BlockStats]:
         out = []
-        for name, c in counters.items():
-            flat = c.take() if consume else c.flat
-            if flat is None:
-                flat = torch.zeros(_N_SCALARS + self.bins + 2 * c.num_classes, dtype=torch.float64)
+        for name, c in self._counters.items():
+            flat = c.close() if step is not None else c.snapshot()
             flat = _reduce(flat, c.num_classes, self.bins)
             stats = _stats(name, step, flat, self.bins, self.blocks[name].fusion == "softmax")
             if step is None:  # the summary reports where T is now; a step reports its mean
@@ -328,20 +340,22 @@ class FusionMonitor:
 
         Under torch.distributed every rank must call it (it runs collectives), like any all_reduce.
         """
-        stats = self._collect(self._step_counters, self.steps, consume=True)
+        stats = self._collect(self.steps)
         self.history.extend(stats)
         self.steps += 1
         return stats
 
     def summary(self) -> list[BlockStats]:
-        """Per-block stats over every forward seen since creation or ``reset()`` (reduced over ranks)."""
-        return self._collect(self._total_counters, None, consume=False)
+        """Per-block stats over every forward since creation or ``reset()``, reduced over ranks.
+
+        Under torch.distributed every rank must call it, as for ``step()``.
+        """
+        return self._collect(None)
 
     def reset(self) -> None:
         """Forget every counter and the history (the hooks stay as they are)."""
-        for c in (*self._step_counters.values(), *self._total_counters.values()):
-            c.take()
-            c.flat = None
+        for c in self._counters.values():
+            c.clear()
         self.history.clear()
         self.steps = 0
 
