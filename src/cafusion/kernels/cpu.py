@@ -9,6 +9,7 @@ allocated in x's layout, ``addcmul`` for dx. Statistics of low-precision inputs 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # Elements per chunk for the product-then-sum of grad_ca: small enough that the temporary stays in
@@ -24,15 +25,21 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def pool_stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-(b, c) mean and max over N, plus the FIRST argmax when the backward will need it.
 
-    ``torch.max(dim)`` returns the first maximal index, which is where AdaptiveMaxPool sends the
-    gradient; it is several times slower than ``amax``, so it only runs when gradients are needed.
+    Max-with-index is several times slower than ``amax`` on the CPU, so it only runs when gradients
+    are needed. For channels_last maps (C has stride 1) adaptive max pooling has a kernel vectorised
+    over C that is ~5x faster than ``max(dim)``; both return the first maximal position, which is
+    where AdaptiveMaxPool sends the gradient.
     """
     acc = acc_dtype(x3.dtype)
-    avg = x3.mean(dim=2, dtype=acc)
-    if need_index:
-        mx, idx = x3.max(dim=2)
-        return avg, mx.to(acc), idx
-    return avg, x3.amax(dim=2).to(acc), None
+    # ``dtype=`` only where it widens: passing the input's own dtype takes a much slower kernel.
+    avg = x3.mean(dim=2) if x3.dtype == acc else x3.mean(dim=2, dtype=acc)
+    if not need_index:
+        return avg, x3.amax(dim=2).to(acc), None
+    if x3.stride(1) == 1 and x3.shape[2] > 1:
+        mx, idx = F.adaptive_max_pool1d(x3, 1, return_indices=True)
+        return avg, mx.squeeze(2).to(acc), idx.squeeze(2)
+    mx, idx = x3.max(dim=2)
+    return avg, mx.to(acc), idx
 
 
 def scale(x3: Tensor, ca: Tensor) -> Tensor:
@@ -45,21 +52,21 @@ def scale(x3: Tensor, ca: Tensor) -> Tensor:
 def grad_ca(dy3: Tensor, x3: Tensor) -> Tensor:
     """sum over N of dy * x, per (b, c), in the statistics dtype.
 
-    The product is formed chunk by chunk over the batch into one reused buffer, so the only
-    temporary is cache-sized instead of a second full-size tensor.
+    The product is formed a few samples at a time into one reused buffer (in the statistics dtype,
+    so the sum needs no ``dtype=``), so the only temporary is cache-sized instead of full-size.
     """
     acc = acc_dtype(x3.dtype)
     b, c, n = x3.shape
-    out = torch.empty((b, c), dtype=acc, device=x3.device)
+    out = torch.zeros((b, c), dtype=acc, device=x3.device)
     if out.numel() == 0:
-        return out.zero_()
+        return out
     step = max(1, _CHUNK // max(1, c * n))
-    buf = torch.empty_like(x3[:step], dtype=torch.promote_types(dy3.dtype, x3.dtype))
+    buf = torch.empty_like(x3[:step], dtype=acc)
     for start in range(0, b, step):
         stop = min(b, start + step)
         prod = buf[: stop - start]
         torch.mul(dy3[start:stop], x3[start:stop], out=prod)
-        torch.sum(prod, dim=2, dtype=acc, out=out[start:stop])
+        torch.sum(prod, dim=2, out=out[start:stop])
     return out
 
 
