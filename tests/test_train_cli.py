@@ -145,6 +145,8 @@ def test_checkpoint_from_another_model_is_refused(tmp_path: Path) -> None:
     np.savez(other, x=np.zeros((24, 3, 12), np.float32), y=np.arange(24) % 2)  # 3 input channels, not 2
     line = one_error_line(cafusion(*base[:2], other, *base[3:], "--epochs", "2", "--resume", out))
     assert "from another model" in line and "in_channels" in line
+    line = one_error_line(cafusion(*base))  # a fresh run never overwrites a run folder with a checkpoint
+    assert "already holds a checkpoint; continue it with --resume" in line
     assert load_checkpoint(out).epoch == 1  # the refused runs did not touch it
 
 

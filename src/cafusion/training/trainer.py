@@ -35,9 +35,11 @@ from torch.utils.data import DistributedSampler
 from cafusion.diagnostics import FusionMonitor
 from cafusion.training import distributed as dist_utils
 from cafusion.training.checkpoint import (
+    POINTER,
     CheckpointError,
     atomic_write_text,
     load_checkpoint,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from cafusion.training.config import TrainConfig, check_resume_compatible
@@ -95,6 +97,11 @@ class _Run:
                 f"--batch-size {cfg.batch_size} is the global batch and must divide evenly over "
                 f"{ctx.world_size} processes"
             )
+        if cfg.resume is None and (self.out / POINTER).exists():
+            raise ValueError(
+                f"run folder {str(self.out)!r} already holds a checkpoint; continue it with --resume, "
+                "or pick another --out"
+            )
         data = load_dataset(cfg.data)
         train_set, val_set = split_dataset(data, cfg.val_fraction, cfg.seed)
         if cfg.batch_size > len(train_set):
@@ -149,7 +156,7 @@ class _Run:
             for epoch in range(start_epoch, cfg.epochs):
                 self._epoch(epoch, model, ddp, optimizer, scaler, amp_dtype, monitor, train_set, val_set, spec)
         except KeyboardInterrupt:
-            raise TrainInterrupted(self.last_checkpoint, epoch) from None
+            raise TrainInterrupted(self._checkpoint_on_disk(), epoch) from None
         self._check_ranks_agree(model)
         return TrainResult(self.out, cfg.epochs, self.history, self.last_checkpoint, ctx.rank)
 
@@ -165,6 +172,13 @@ class _Run:
             atomic_write_text(self.out / "ranks.json", json.dumps(info, indent=2) + "\n")
         if len(set(digests)) != 1:
             raise RuntimeError(f"the {self.ctx.world_size} processes ended with different weights: {digests}")
+
+    def _checkpoint_on_disk(self) -> Path | None:
+        """The checkpoint ``latest.json`` names: the truth even if Ctrl-C hit between the rename and our bookkeeping."""
+        try:
+            return resolve_checkpoint(self.out)
+        except CheckpointError:
+            return self.last_checkpoint
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         cfg = self.config
