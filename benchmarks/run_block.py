@@ -1,0 +1,13 @@
+"""Block benchmark: ours vs the reference, timm's ChannelAttn and torch.compile (see docs/performance.md).
+
+Usage: ``python benchmarks/run_block.py [--quick] [--out DIR] [...]``; same flags as ``cafusion bench``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from cafusion.bench.block import main
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
