@@ -22,14 +22,19 @@ BIG_INDEX = tl.constexpr(2147483647)
 
 
 @triton.jit
-def _offsets(c, n, sc, sn, UNIT: tl.constexpr):
-    """Element offsets of a (BLOCK_C, BLOCK_N) tile; the unit-stride dim is spelled as literal 1."""
+def _offsets(c, n, sc, sn, UNIT: tl.constexpr, VEC: tl.constexpr):
+    """Element offsets of a (BLOCK_C, BLOCK_N) tile; the unit-stride dim is spelled as literal 1.
+
+    The other strides arrive divided by VEC (a power of two dividing them), and are multiplied back
+    here, so the compiler can prove alignment (e.g. rows of 14x14 = 196 floats are 16-byte aligned,
+    which Triton's own divisible-by-16 specialisation cannot tell) and use wide loads.
+    """
     if UNIT == 1:
-        off = c[:, None] * sc + n[None, :]
+        off = c[:, None] * (sc * VEC) + n[None, :]
     elif UNIT == 2:
-        off = c[:, None] + n[None, :] * sn
+        off = c[:, None] + n[None, :] * (sn * VEC)
     else:
-        off = c[:, None] * sc + n[None, :] * sn
+        off = c[:, None] * (sc * VEC) + n[None, :] * (sn * VEC)
     return off
 
 
@@ -68,6 +73,9 @@ def reduce_kernel(
     sum_scale,
     UNIT_A: tl.constexpr,
     UNIT_B: tl.constexpr,
+    VEC_A: tl.constexpr,
+    VEC_B: tl.constexpr,
+    VEC_N: tl.constexpr,
     PRODUCT: tl.constexpr,
     NEED_MAX: tl.constexpr,
     NEED_IDX: tl.constexpr,
@@ -89,20 +97,20 @@ def reduce_kernel(
     c64 = c.to(tl.int64)
     lane = tl.arange(0, BLOCK_N)
     n_lo = s * chunk
-    n_hi = tl.minimum(n_lo + chunk, N)
+    n_hi = tl.minimum(n_lo + chunk, N * VEC_N)  # N arrives divided by VEC_N: masks stay provably aligned
 
     acc_sum = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
     acc_max = tl.full((BLOCK_C, BLOCK_N), float("-inf"), dtype=tl.float32)
     # Lanes start at their own first position, so an all -inf row still reports its first index.
     acc_idx = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.int32) + (n_lo + lane)[None, :]
-    a_base = a_ptr + bi * sab
-    b_base = b_ptr + bi * sbb
+    a_base = a_ptr + bi * (sab * VEC_A)
+    b_base = b_ptr + bi * (sbb * VEC_B)
     for start in range(n_lo, n_hi, BLOCK_N):
         n = start + lane
         m = c_ok[:, None] & (n < n_hi)[None, :]
-        v = tl.load(a_base + _offsets(c64, n, sac, san, UNIT_A), mask=m, other=0.0).to(tl.float32)
+        v = tl.load(a_base + _offsets(c64, n, sac, san, UNIT_A, VEC_A), mask=m, other=0.0).to(tl.float32)
         if PRODUCT:
-            w = tl.load(b_base + _offsets(c64, n, sbc, sbn, UNIT_B), mask=m, other=0.0).to(tl.float32)
+            w = tl.load(b_base + _offsets(c64, n, sbc, sbn, UNIT_B, VEC_B), mask=m, other=0.0).to(tl.float32)
             acc_sum += v * w
         else:
             acc_sum += v
@@ -176,6 +184,8 @@ def scale_kernel(
     syn,
     UNIT_X: tl.constexpr,
     UNIT_Y: tl.constexpr,
+    VEC_X: tl.constexpr,
+    VEC_Y: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -191,9 +201,11 @@ def scale_kernel(
     m = c_ok[:, None] & (n < N)[None, :]
     c64 = c.to(tl.int64)
     g = tl.load(ca_ptr + bi * C + c64, mask=c_ok, other=0.0).to(tl.float32)
-    v = tl.load(x_ptr + bi * sxb + _offsets(c64, n, sxc, sxn, UNIT_X), mask=m, other=0.0).to(tl.float32)
+    v = tl.load(x_ptr + bi * (sxb * VEC_X) + _offsets(c64, n, sxc, sxn, UNIT_X, VEC_X), mask=m, other=0.0).to(
+        tl.float32
+    )
     out = (v * g[:, None]).to(y_ptr.dtype.element_ty)
-    tl.store(y_ptr + bi * syb + _offsets(c64, n, syc, syn, UNIT_Y), out, mask=m)
+    tl.store(y_ptr + bi * (syb * VEC_Y) + _offsets(c64, n, syc, syn, UNIT_Y, VEC_Y), out, mask=m)
 
 
 @triton.jit
@@ -216,6 +228,8 @@ def grad_input_kernel(
     sxn,
     UNIT_D: tl.constexpr,
     UNIT_X: tl.constexpr,
+    VEC_D: tl.constexpr,
+    VEC_X: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -235,6 +249,55 @@ def grad_input_kernel(
     ga = tl.load(gavg_ptr + row, mask=c_ok, other=0.0).to(tl.float32)
     gm = tl.load(gmax_ptr + row, mask=c_ok, other=0.0).to(tl.float32)
     ix = tl.load(idx_ptr + row, mask=c_ok, other=-1).to(tl.int32)
-    d = tl.load(dy_ptr + bi * sdb + _offsets(c64, n, sdc, sdn, UNIT_D), mask=m, other=0.0).to(tl.float32)
+    d = tl.load(dy_ptr + bi * (sdb * VEC_D) + _offsets(c64, n, sdc, sdn, UNIT_D, VEC_D), mask=m, other=0.0).to(
+        tl.float32
+    )
     dx = d * g[:, None] + ga[:, None] + tl.where(n[None, :] == ix[:, None], gm[:, None], 0.0)
-    tl.store(dx_ptr + bi * sxb + _offsets(c64, n, sxc, sxn, UNIT_X), dx.to(dx_ptr.dtype.element_ty), mask=m)
+    tl.store(
+        dx_ptr + bi * (sxb * VEC_X) + _offsets(c64, n, sxc, sxn, UNIT_X, VEC_X), dx.to(dx_ptr.dtype.element_ty), mask=m
+    )
+
+
+# Flat variants for contiguous (B, C, N) tensors whose rows are not 16-element aligned (N = 7x7,
+# 14x14, ...): the 2-D tile cannot prove alignment there and falls back to scalar loads, while a
+# flat block of the whole tensor is aligned and loads 128 bits at a time. N is a constexpr so that
+# "which row is this element in" is a multiply-shift, not a division.
+
+
+@triton.jit
+def _flat_rows(e0, N: tl.constexpr, BLOCK: tl.constexpr):
+    """For the BLOCK elements from flat offset e0: each one's row (b * C + c) and column (n)."""
+    r0 = e0 // N
+    i = (e0 - r0 * N).to(tl.int32) + tl.arange(0, BLOCK)
+    q = i // N
+    return r0 + q, i - q * N
+
+
+@triton.jit
+def scale_flat_kernel(x_ptr, ca_ptr, y_ptr, total, N: tl.constexpr, BLOCK: tl.constexpr):
+    """y = x * ca[row] on a contiguous tensor seen as one flat array."""
+    e0 = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = e0 + tl.arange(0, BLOCK)
+    m = offs < total
+    row, _ = _flat_rows(e0, N, BLOCK)
+    g = tl.load(ca_ptr + row, mask=m, other=0.0).to(tl.float32)
+    v = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    tl.store(y_ptr + offs, (v * g).to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def grad_input_flat_kernel(
+    dy_ptr, ca_ptr, gavg_ptr, gmax_ptr, idx_ptr, dx_ptr, total, N: tl.constexpr, BLOCK: tl.constexpr
+):
+    """dx = dy * ca + g_avg + (n == idx) * g_max on a contiguous tensor seen as one flat array."""
+    e0 = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = e0 + tl.arange(0, BLOCK)
+    m = offs < total
+    row, col = _flat_rows(e0, N, BLOCK)
+    g = tl.load(ca_ptr + row, mask=m, other=0.0).to(tl.float32)
+    ga = tl.load(gavg_ptr + row, mask=m, other=0.0).to(tl.float32)
+    gm = tl.load(gmax_ptr + row, mask=m, other=0.0).to(tl.float32)
+    ix = tl.load(idx_ptr + row, mask=m, other=-1).to(tl.int32)
+    d = tl.load(dy_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    dx = d * g + ga + tl.where(col == ix, gm, 0.0)
+    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=m)

@@ -23,6 +23,7 @@ from torch import Tensor
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TILE_BYTES = 8192  # bytes of x per tile: enough loads in flight per program to stream HBM
 _MAX_SPLITS = 64
+_FLAT_MAX_N = 1 << 16
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -65,6 +66,20 @@ def _unit(t: Tensor) -> int:
     return 0
 
 
+def _strides(t: Tensor, unit: int) -> tuple[int, int, int, int]:
+    """(batch, C, N strides divided by vec, vec): vec is the largest power of two <= 16 dividing the
+    strides that are not 1, so that the kernel can multiply it back in as a compile-time constant."""
+    sb, sc, sn = t.stride()
+    used = [sb] + ([sc] if unit != 2 else []) + ([sn] if unit != 1 else [])
+    vec = min(_pow2_divisor(s) for s in used)
+    return sb // vec, sc // vec if unit != 2 else sc, sn // vec if unit != 1 else sn, vec
+
+
+def _pow2_divisor(v: int, limit: int = 16) -> int:
+    """The largest power of two <= limit that divides v."""
+    return min(v & -v, limit) if v else limit
+
+
 def _pow2(v: int) -> int:
     return 1 << max(0, (v - 1).bit_length())
 
@@ -82,6 +97,21 @@ def _tile(unit: int, c: int, n: int, itemsize: int) -> tuple[int, int, int]:
         block_n = min(_pow2(n), 2048 // itemsize)
         block_c = min(_pow2(c), max(1, tile // block_n))
     return block_c, block_n, max(1, min(tile // 512, block_c * block_n // 256))
+
+
+def _flat(t: Tensor) -> bool:
+    """Use the flat elementwise kernels: contiguous, with rows the 2-D tile cannot load 128 bits at a time.
+
+    N is compiled in, so only for moderate N (a network has a handful of spatial sizes).
+    """
+    n = t.shape[2]
+    return 1 < n <= _FLAT_MAX_N and n % 16 != 0 and t.is_contiguous()
+
+
+def _flat_block(itemsize: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) of the flat kernels: _TILE_BYTES per program, 16 elements per thread."""
+    block = _TILE_BYTES // itemsize
+    return block, block // 512
 
 
 @functools.cache
@@ -136,6 +166,9 @@ def _reduce(
         pmax = torch.empty_like(psum) if need_max else None
         pidx = torch.empty(splits, rows, device=a.device, dtype=torch.int64) if need_index else None
     bb = a if b is None else b
+    unit_b = _unit(bb)
+    sa, sb = _strides(a, unit), _strides(bb, unit_b)
+    vec_n = _pow2_divisor(n)
     with _device_guard(a):
         k.reduce_kernel[(bsz * n_cblk * splits,)](
             a,
@@ -144,16 +177,19 @@ def _reduce(
             psum if pmax is None else pmax,
             psum if pidx is None else pidx,
             c,
-            n,
+            n // vec_n,
             rows,
             chunk,
             splits,
             n_cblk,
-            *a.stride(),
-            *bb.stride(),
+            *sa[:3],
+            *sb[:3],
             scale if splits == 1 else 1.0,
             UNIT_A=unit,
-            UNIT_B=_unit(bb),
+            UNIT_B=unit_b,
+            VEC_A=sa[3],
+            VEC_B=sb[3],
+            VEC_N=vec_n,
             PRODUCT=b is not None,
             NEED_MAX=need_max,
             NEED_IDX=need_index,
@@ -204,9 +240,16 @@ def scale(x3: Tensor, ca: Tensor) -> Tensor:
     if x3.numel() == 0:
         return y3
     ca = ca.reshape(bsz, c).contiguous()
+    if _flat(x3):
+        block, warps = _flat_block(x3.element_size())
+        with _device_guard(x3):
+            k.scale_flat_kernel[(-(-x3.numel() // block),)](x3, ca, y3, x3.numel(), N=n, BLOCK=block, num_warps=warps)
+        return y3
     unit = _unit(x3)
     block_c, block_n, warps = _tile(unit, c, n, x3.element_size())
     n_cblk, n_nblk = -(-c // block_c), -(-n // block_n)
+    unit_y = _unit(y3)
+    sx, sy = _strides(x3, unit), _strides(y3, unit_y)
     with _device_guard(x3):
         k.scale_kernel[(bsz * n_cblk * n_nblk,)](
             x3,
@@ -216,10 +259,12 @@ def scale(x3: Tensor, ca: Tensor) -> Tensor:
             n,
             n_cblk,
             n_nblk,
-            *x3.stride(),
-            *y3.stride(),
+            *sx[:3],
+            *sy[:3],
             UNIT_X=unit,
-            UNIT_Y=_unit(y3),
+            UNIT_Y=unit_y,
+            VEC_X=sx[3],
+            VEC_Y=sy[3],
             BLOCK_C=block_c,
             BLOCK_N=block_n,
             num_warps=warps,
@@ -250,9 +295,18 @@ def grad_input(dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tenso
     if dy3.numel() == 0:
         return dx3
     small = [t.reshape(bsz, c).contiguous() for t in (ca, g_avg, g_max, idx)]
+    if _flat(dy3):
+        block, warps = _flat_block(dy3.element_size())
+        with _device_guard(dy3):
+            k.grad_input_flat_kernel[(-(-dy3.numel() // block),)](
+                dy3, *small, dx3, dy3.numel(), N=n, BLOCK=block, num_warps=warps
+            )
+        return dx3
     unit = _unit(dy3)
     block_c, block_n, warps = _tile(unit, c, n, dy3.element_size())
     n_cblk, n_nblk = -(-c // block_c), -(-n // block_n)
+    unit_x = _unit(dx3)
+    sd, sx = _strides(dy3, unit), _strides(dx3, unit_x)
     with _device_guard(dy3):
         k.grad_input_kernel[(bsz * n_cblk * n_nblk,)](
             dy3,
@@ -262,10 +316,12 @@ def grad_input(dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tenso
             n,
             n_cblk,
             n_nblk,
-            *dy3.stride(),
-            *dx3.stride(),
+            *sd[:3],
+            *sx[:3],
             UNIT_D=unit,
-            UNIT_X=_unit(dx3),
+            UNIT_X=unit_x,
+            VEC_D=sd[3],
+            VEC_X=sx[3],
             BLOCK_C=block_c,
             BLOCK_N=block_n,
             num_warps=warps,
