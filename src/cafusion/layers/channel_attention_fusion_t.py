@@ -192,6 +192,11 @@ class ChannelAttentionFusionT(nn.Module):
             )
         if not strict:
             return msgs
+        if (prefix + "fc1.weight") not in state_dict:
+            # The checkpoint has no weights for this block at all (e.g. a backbone's pretrained weights
+            # loaded into a model with inserted blocks): torch reports the missing keys (or, with
+            # strict=False, loads the rest); there is no saved configuration to compare with.
+            return msgs
         has_router = (prefix + "fusion_router.0.weight") in state_dict
         if has_router != (self.fusion == "softmax"):
             saved = "softmax" if has_router else "sum"
