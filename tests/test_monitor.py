@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from cafusion import ChannelAttentionFusionT, FusionMonitor
+from cafusion import ChannelAttentionFusionT, ChannelAttentionFusionTLayer, FusionMonitor
 from cafusion.models import SmallCNN
 
 
@@ -164,6 +164,12 @@ def _data() -> list[tuple[Tensor, Tensor]]:
     ]
 
 
+def _two_blocks() -> nn.Module:
+    """A softmax and a sum block in a row: the reduction must keep every block's counters apart."""
+    torch.manual_seed(0)
+    return nn.Sequential(ChannelAttentionFusionTLayer(8), ChannelAttentionFusionTLayer(8, fusion="sum"))
+
+
 def _run(block: nn.Module, mon: FusionMonitor, parts: list[tuple[Tensor, Tensor]]) -> dict[str, object]:
     for x, y in parts:
         with mon.labels(y):
@@ -175,8 +181,8 @@ def _run(block: nn.Module, mon: FusionMonitor, parts: list[tuple[Tensor, Tensor]
 def _worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        block = _block()
-        result = _run(block, FusionMonitor(block), [_data()[rank]])
+        model = _two_blocks()
+        result = _run(model, FusionMonitor(model), [_data()[rank]])
         if rank == 0:
             Path(out).write_text(json.dumps(result))
     finally:
@@ -187,13 +193,15 @@ def test_distributed_totals_equal_the_single_process_totals(tmp_path: Path) -> N
     out = tmp_path / "rank0.json"
     mp.spawn(_worker, args=(str(tmp_path / "store"), str(out)), nprocs=2, join=True)
     reduced = json.loads(out.read_text())
-    block = _block()
-    single = json.loads(json.dumps(_run(block, FusionMonitor(block), _data())))
+    model = _two_blocks()
+    single = json.loads(json.dumps(_run(model, FusionMonitor(model), _data())))
     for key in ("step", "summary"):
-        (got,), (want,) = reduced[key], single[key]
-        assert got["samples"] == want["samples"] == 11
+        (got, got_sum), (want, want_sum) = reduced[key], single[key]
+        assert got["samples"] == want["samples"] == got_sum["samples"] == 11
         assert got["hist"] == want["hist"]
         assert sorted(got["class_w_avg"]) == sorted(want["class_w_avg"]) == ["0", "1", "2", "3", "4"]
         for field in ("w_avg_mean", "w_avg_std", "prefer_max", "gate_low", "gate_high", "T"):
             assert got[field] == pytest.approx(want[field], abs=1e-6), field
         assert got["class_w_avg"] == pytest.approx(want["class_w_avg"], abs=1e-6)
+        assert got_sum["hist"] is None and got_sum["class_w_avg"] == {}
+        assert got_sum["gate_high"] == pytest.approx(want_sum["gate_high"], abs=1e-9)

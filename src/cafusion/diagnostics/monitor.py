@@ -98,11 +98,7 @@ class _Counters:
         return torch.zeros(self.width, dtype=dtype, device=device)
 
     def _widen(self, flat: Tensor | None, old: int) -> Tensor | None:
-        if flat is None:
-            return None
-        start = _N_SCALARS + self.bins
-        pad = torch.zeros(self.num_classes - old, dtype=flat.dtype, device=flat.device)
-        return torch.cat([flat[:start], flat[start : start + old], pad, flat[start + old :], pad])
+        return None if flat is None else _pad_classes(flat, old, self.num_classes, self.bins)
 
     def grow(self, num_classes: int) -> None:
         """Widen the per-class sums (zero-padded) so that ``num_classes`` labels fit."""
@@ -172,21 +168,32 @@ class _Counters:
         self.current, self.total, self.counts = None, None, [0, 0, 0]
 
 
-def _reduce(flat: Tensor, num_classes: int, bins: int) -> Tensor:
-    """Sum the counters over ranks (labels may differ per rank, so the widths are agreed first)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def _pad_classes(flat: Tensor, have: int, want: int, bins: int) -> Tensor:
+    if want == have:
         return flat
-    width = torch.tensor([num_classes], dtype=torch.int64, device=flat.device)
-    dist.all_reduce(width, op=dist.ReduceOp.MAX)
-    target = int(width.item())
-    if target > num_classes:
-        start = _N_SCALARS + bins
-        pad = torch.zeros(target - num_classes, dtype=flat.dtype, device=flat.device)
-        sums, counts = flat[start : start + num_classes], flat[start + num_classes :]
-        flat = torch.cat([flat[:start], sums, pad, counts, pad])
-    flat = flat.clone()
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    return flat
+    start = _N_SCALARS + bins
+    pad = torch.zeros(want - have, dtype=flat.dtype, device=flat.device)
+    return torch.cat([flat[:start], flat[start : start + have], pad, flat[start + have :], pad])
+
+
+def _reduce(flats: list[Tensor], num_classes: list[int], bins: int) -> list[Tensor]:
+    """Sum every block's counters over ranks in two collectives, whatever the number of blocks.
+
+    Ranks may have seen different labels, so the per-class widths are agreed (MAX) first.
+    """
+    if not flats or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flats
+    device, dtype = flats[0].device, flats[0].dtype
+    widths = torch.tensor(num_classes, dtype=torch.int64, device=device)
+    dist.all_reduce(widths, op=dist.ReduceOp.MAX)
+    agreed = [int(w) for w in widths.tolist()]
+    padded = [
+        _pad_classes(f.to(device, dtype), have, want, bins)
+        for f, have, want in zip(flats, num_classes, agreed, strict=True)
+    ]
+    joined = torch.cat(padded)
+    dist.all_reduce(joined, op=dist.ReduceOp.SUM)
+    return list(torch.split(joined, [f.numel() for f in padded]))
 
 
 def _stats(name: str, step: int | None, flat: Tensor, bins: int, has_router: bool) -> BlockStats:
@@ -326,9 +333,10 @@ class FusionMonitor:
     # -- results -------------------------------------------------------------------------------
     def _collect(self, step: int | None) -> list[BlockStats]:
         out = []
-        for name, c in self._counters.items():
-            flat = c.close() if step is not None else c.snapshot()
-            flat = _reduce(flat, c.num_classes, self.bins)
+        counters = list(self._counters.values())
+        flats = [c.close() if step is not None else c.snapshot() for c in counters]
+        flats = _reduce(flats, [c.num_classes for c in counters], self.bins)
+        for name, flat in zip(self._counters, flats, strict=True):
             stats = _stats(name, step, flat, self.bins, self.blocks[name].fusion == "softmax")
             if step is None:  # the summary reports where T is now; a step reports its mean
                 stats.T = float(self.blocks[name].get_T().detach())
