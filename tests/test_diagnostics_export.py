@@ -111,6 +111,13 @@ def test_plots_are_valid_non_empty_pngs(monitor: FusionMonitor, tmp_path: Path) 
     assert_png(plot_training_curves(monitor.history, tmp_path / "t.png"))
 
 
+def test_save_plots_writes_the_three_figures(monitor: FusionMonitor, tmp_path: Path) -> None:
+    paths = monitor.save_plots(tmp_path / "figs", prefix="run1_")
+    assert [p.name for p in paths] == ["run1_fusion_hist.png", "run1_class_w_avg.png", "run1_training_curves.png"]
+    for path in paths:
+        assert_png(path)
+
+
 def test_plots_explain_when_there_is_nothing_to_draw(tmp_path: Path) -> None:
     model = SmallCNN(1, 2, attention="caft_sum", widths=(4,))
     with FusionMonitor(model) as mon:

@@ -121,6 +121,8 @@ class _Counters:
             self.grow(labels[1])
         if self.current is None:
             self.current = self.zeros(device=ca.device)
+        elif self.current.device != ca.device:  # the model moved since the last forward
+            self.current = self.current.to(ca.device)
         flat = self.current
         ca = ca.detach()
         self.counts[0] += ca.shape[0]
@@ -385,6 +387,19 @@ class FusionMonitor:
         from cafusion.diagnostics.export import to_csv
 
         return to_csv(self, path)
+
+    def save_plots(self, folder: str | Path, prefix: str = "") -> list[Path]:
+        """Write the three figures (w_avg histograms, w_avg per class, T and saturation per step) as PNGs."""
+        from cafusion.diagnostics.plots import plot_class_means, plot_fusion_histograms, plot_training_curves
+
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        stats = self.summary()
+        return [
+            plot_fusion_histograms(stats, out / f"{prefix}fusion_hist.png"),
+            plot_class_means(stats, out / f"{prefix}class_w_avg.png"),
+            plot_training_curves(self.history, out / f"{prefix}training_curves.png"),
+        ]
 
     def log_tensorboard(self, writer: Any, step: int | None = None) -> None:
         """Log the last closed step to a ``torch.utils.tensorboard.SummaryWriter``."""
