@@ -93,7 +93,8 @@ def plot_training_curves(history: Sequence[BlockStats], path: str | Path, title:
     ax_t.set_xlabel("step")
     ax_t.set_ylabel("temperature T")
     ax_s.set_xlabel("step")
-    ax_s.set_ylabel("gate saturated (% of ca < low or > high)")
+    ax_s.set_ylabel("saturated gate values (%)")
+    ax_s.set_title("share of ca < low or > high", fontsize=9)
     ax_t.legend(fontsize=8)
     if title:
         fig.suptitle(title)
