@@ -101,12 +101,12 @@ def check_primitives(checks: Checks, device: torch.device, dry: bool) -> None:
     from cafusion.kernels import triton_ops as T
 
     shapes = [(2, 5, 7), (1, 3, 3000), (3, 200, 37), (2, 9, 1)]
-    if not dry:
-        shapes += [(16, 256, 3136), (1, 64, 49), (1, 2048, 49), (2, 3, 200_000)]
+    if not dry:  # a few large ones: the launch plan and the split/flat paths at real sizes
+        shapes = [(2, 5, 7), (3, 200, 37), (16, 256, 3136), (4, 1024, 196), (1, 2048, 49), (2, 3, 200_000)]
     dtypes = [torch.float32, torch.bfloat16] if dry else [torch.float32, torch.bfloat16, torch.float16]
     torch.manual_seed(0)
     for shape in shapes:
-        for dtype in dtypes:
+        for dtype in dtypes if shape[0] * shape[1] < 1000 else dtypes[:2]:
             base = torch.randn(shape, device=device).to(dtype)
             if shape[2] > 8:
                 base[0, 0, shape[2] // 3] = base[0, 0].max()  # a repeated maximum
@@ -312,33 +312,97 @@ def bench_case(
         def train(model: nn.Module = model, xg: Tensor = xg) -> None:
             model(xg)[0].backward(dy)
 
+        times: dict[str, float] = {}
         try:
-            fwd_ms = timer(fwd)
-            step_ms = timer(train, reset=[xg, *params])
-            peak = peak_step_mb(device, train)
-        except Exception as exc:  # e.g. compile failing on this machine: record it, keep the table
+            times["fwd"] = timer(fwd)
+            times["step"] = timer(train, reset=[xg, *params])
+            row[f"{name}_peak_MB"] = peak_step_mb(device, train)
+            if device.type == "cuda" and name != "compiled":  # launch overhead removed: GPU time alone
+                times["fwd_graph"] = timer(graphed(fwd, []))
+                times["step_graph"] = timer(graphed(train, [xg, *params]))
+        except Exception as exc:  # e.g. compile or capture failing on this machine: record it, keep going
             row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
-            continue
-        row[f"{name}_fwd_ms"], row[f"{name}_step_ms"], row[f"{name}_peak_MB"] = fwd_ms, step_ms, peak
-        row[f"{name}_fwd_floor_x"] = fwd_ms / (1.5 * copy_ms)
-        row[f"{name}_step_floor_x"] = step_ms / (3.5 * copy_ms)
-        row[f"{name}_fwd_GBps"] = 3 * nbytes / fwd_ms / 1e6  # read x twice, write y
-        row[f"{name}_step_GBps"] = 7 * nbytes / step_ms / 1e6  # + read dy and x, read dy, write dx
+        for what, ms in times.items():
+            copies = 1.5 if what.startswith("fwd") else 3.5  # forward: read x twice, write y; + dy, x, dy, dx
+            row[f"{name}_{what}_ms"] = ms
+            row[f"{name}_{what}_floor_x"] = ms / (copies * copy_ms)
+            row[f"{name}_{what}_GBps"] = 2 * copies * nbytes / ms / 1e6
+    from cafusion.kernels import triton_ops
+
+    if triton_ops.is_available(x):
+        row.update(time_primitives(x, dy, timer, copy_ms))
     return row
 
 
+def graphed(fn: Callable[[], object], reset: list[Tensor]) -> Callable[[], object]:
+    """fn captured in a CUDA graph (after warm-up on a side stream); returns its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            Timer._clear(reset)
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    Timer._clear(reset)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def time_primitives(x: Tensor, dy: Tensor, timer: Timer, copy_ms: float) -> dict[str, float]:
+    """Each Triton pass alone, against its own floor in copies of x: the kernels' bandwidth."""
+    from cafusion.kernels import triton_ops as T
+
+    x3, dy3 = x.flatten(2), dy.flatten(2)
+    avg, mx, idx = T.pool_stats(x3, True)
+    assert idx is not None
+    ca = avg.to(x.dtype)
+    passes: dict[str, tuple[Callable[[], object], float]] = {
+        "pool_stats_noidx": (lambda: T.pool_stats(x3, False), 0.5),  # read x
+        "pool_stats": (lambda: T.pool_stats(x3, True), 0.5),
+        "scale": (lambda: T.scale(x3, ca), 1.0),  # read x, write y
+        "grad_ca": (lambda: T.grad_ca(dy3, x3), 1.0),  # read dy and x
+        "grad_input": (lambda: T.grad_input(dy3, ca, avg, mx, idx), 1.0),  # read dy, write dx
+    }
+    out: dict[str, float] = {}
+    for name, (fn, copies) in passes.items():
+        ms = timer(fn)
+        out[f"prim_{name}_ms"] = ms
+        out[f"prim_{name}_floor_x"] = ms / (copies * copy_ms)
+    return out
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = [("ours", "fwd"), ("ours", "step"), ("reference", "fwd"), ("reference", "step")]
+    cols = [("ours", "fwd"), ("ours", "step"), ("ours", "fwd_graph"), ("ours", "step_graph")]
+    cols += [("reference", "fwd"), ("reference", "step"), ("reference", "fwd_graph"), ("reference", "step_graph")]
     cols += [("compiled", "fwd"), ("compiled", "step")]
     head = "| shape | dtype | layout | copy us (GB/s) |"
     head += "".join(f" {who} {what} us (x floor) |" for who, what in cols)
     lines = [head, "|" + " --- |" * (4 + len(cols))]
     for r in rows:
-        cells = [str(tuple(r["shape"])), r["dtype"], r["layout"], f"{r['copy_ms'] * 1e3:.1f} ({r['copy_GBps']:.0f})"]
+        cells = [str(tuple(r["shape"])), r["dtype"], r["layout"]]
+        if r.get("skipped"):
+            lines.append("| " + " | ".join([*cells, "not timed (deadline)"]) + " |")
+            continue
+        cells.append(f"{r['copy_ms'] * 1e3:.1f} ({r['copy_GBps']:.0f})")
         for who, what in cols:
             ms = r.get(f"{who}_{what}_ms")
-            cells.append("-" if ms is None else f"{ms * 1e3:.1f} ({r[f'{who}_{what}_floor_x']:.2f}x)")
+            if ms is None:
+                cells.append("-")
+                continue
+            gbps = f", {r[f'{who}_{what}_GBps']:.0f} GB/s" if who == "ours" else ""
+            cells.append(f"{ms * 1e3:.1f} ({r[f'{who}_{what}_floor_x']:.2f}x{gbps})")
         lines.append("| " + " | ".join(cells) + " |")
+    prims = [r for r in rows if "prim_scale_ms" in r]
+    if prims:
+        names = ["pool_stats_noidx", "pool_stats", "scale", "grad_ca", "grad_input"]
+        lines += ["", "| shape | dtype | layout |" + "".join(f" {p} us (x floor) |" for p in names)]
+        lines.append("|" + " --- |" * (3 + len(names)))
+        for r in prims:
+            cells = [str(tuple(r["shape"])), r["dtype"], r["layout"]]
+            cells += [f"{r[f'prim_{p}_ms'] * 1e3:.1f} ({r[f'prim_{p}_floor_x']:.2f}x)" for p in names]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -357,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, default=30, help="timed repetitions per measurement (median)")
     parser.add_argument("--skip-checks", action="store_true", help="only time")
+    parser.add_argument("--deadline-s", type=float, default=330.0, help="stop timing new cases after this long")
     parser.add_argument("--skip-bench", action="store_true", help="only check correctness")
     parser.add_argument("--dry-run", action="store_true", help="CPU + TRITON_INTERPRET=1: exercise the script itself")
     args = parser.parse_args(argv)
@@ -391,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "dry_run": args.dry_run,
     }
     print(json.dumps(env), flush=True)
+    started = time.time()
     report: dict[str, Any] = {"env": env}
 
     checks = Checks()
@@ -406,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     if ref_path is None:
         print(f"reference module not found ({REFERENCE_NAME}; --reference PATH): timing ours and the copy only")
     rows: list[dict[str, Any]] = []
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     if not args.skip_bench:
         ref_cls = load_reference(ref_path) if ref_path is not None else None
         if hasattr(torch, "_dynamo"):
@@ -417,20 +486,25 @@ def main(argv: list[str] | None = None) -> int:
             for dname, dtype in DTYPES.items():
                 for lay in LAYOUTS:
                     t0 = time.time()
+                    left = args.deadline_s - (t0 - started)
+                    if left < 15:  # a lease is short: keep what was measured, say what was not
+                        rows.append({"shape": list(shape), "dtype": str(dtype)[6:], "layout": lay, "skipped": True})
+                        continue
                     compile_ = not args.dry_run and (args.compile == "all" or (args.compile == lay == "contiguous"))
-                    row = bench_case(shape, dtype, lay, ref_cls, timer, compile_)
+                    row = bench_case(shape, dtype, lay, ref_cls, timer, compile_ and left > 90)
                     rows.append(row)
                     print(f"  {shape} {dname} {lay}: {time.time() - t0:.1f} s", flush=True)
+                    report["bench"] = rows
+                    _write(out, report, rows)  # after every case, so a cut-off run still leaves its rows
         print(table(rows))
-        report["bench"] = rows
+    _write(out, report, rows)
+    return 1 if checks.failed else 0
 
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+
+def _write(out: Path | None, report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    if out is not None:
         (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
         (out / "gpu_check.md").write_text(table(rows) + "\n")
-        print(f"wrote {out / 'gpu_check.json'}")
-    return 1 if checks.failed else 0
 
 
 if __name__ == "__main__":
