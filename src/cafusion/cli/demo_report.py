@@ -26,6 +26,15 @@ PLOTS = {
 CHECKPOINT = "caft_softmax_T.safetensors"
 
 
+def _thin(values: list[float], keep: int = 6) -> list[float]:
+    """About ``keep`` evenly spaced values, always with the last one: a short trajectory for one line."""
+    stride = max(1, len(values) // keep)
+    picked = values[::stride]
+    if (len(values) - 1) % stride:
+        picked.append(values[-1])
+    return picked
+
+
 def answers(test: Sequence[BlockStats], history: Sequence[BlockStats], initial_t: float) -> list[str]:
     """Plain-language answers to the three questions, one line per block and question."""
     lines = []
@@ -47,8 +56,8 @@ def answers(test: Sequence[BlockStats], history: Sequence[BlockStats], initial_t
         lines.append(f"gate {s.block}: {state} ({100 * s.gate_low:.2f}% of ca < low, {100 * s.gate_high:.2f}% > high)")
     for s in test:
         steps = [h.T for h in history if h.block == s.block and h.T is not None]
-        path = " -> ".join(f"{t:.3f}" for t in steps[:: max(1, len(steps) // 6)]) if steps else "-"
-        lines.append(f"temperature {s.block}: {initial_t:.3f} at init -> {s.T:.4f} after training (per epoch: {path})")
+        path = " -> ".join(f"{t:.3f}" for t in _thin(steps)) if steps else "-"
+        lines.append(f"temperature {s.block}: {initial_t:.3f} at init -> {s.T:.4f} after training (by epoch: {path})")
     return lines
 
 

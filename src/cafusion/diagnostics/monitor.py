@@ -309,7 +309,10 @@ class FusionMonitor:
 
     # -- labels --------------------------------------------------------------------------------
     def set_labels(self, labels: Tensor | None) -> None:
-        """Labels (B,) of the next forwards, for per-class means of w_avg; None stops per-class stats."""
+        """Labels (B,) of the next forwards, for per-class means of w_avg; None stops per-class stats.
+
+        Pass them on the model's device: then only this call syncs (once, to size the class table).
+        """
         if labels is None:
             self._labels = None
             return
