@@ -1,6 +1,7 @@
 """When the fast path applies, and the call that runs it with the functional form's signature.
 
-The custom op covers plain eager, autograd, torch.compile and torch.export. Everything that needs
+The custom op covers torch.compile and torch.export, an autograd.Function with the same math covers
+eager mode (``eager``). Everything that needs
 to see the block as ordinary torch ops gets the reference composite instead: TorchScript, the
 TorchScript-based tracers and ONNX export (which cannot translate a custom op), autocast (which
 must pick each matmul's precision), and functorch transforms (vmap/grad have no rule for the op).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cafusion.kernels.eager import FusedChannelAttention
 from cafusion.kernels.op import caft_forward, compute_dtype
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -63,21 +65,11 @@ def channel_attention_fusion_fast(
     if fusion == "sum":  # the router does not take part; its tensors must get no gradient at all
         router1_weight = router1_bias = router2_weight = router2_bias = None
     need_index = torch.is_grad_enabled() and x.requires_grad
-    y, ca, fusion_w, _, _, _ = caft_forward(
-        x,
-        fc1_weight,
-        fc1_bias,
-        fc2_weight,
-        fc2_bias,
-        router1_weight,
-        router1_bias,
-        router2_weight,
-        router2_bias,
-        temperature,
-        fusion,
-        gate,
-        act,
-        need_index,
-    )
+    args = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, router1_weight, router1_bias, router2_weight, router2_bias)
+    fusion_w: Tensor | None
+    if torch.compiler.is_compiling():  # torch.compile / torch.export: the op with fake kernels
+        y, ca, fusion_w, _, _, _ = caft_forward(x, *args, temperature, fusion, gate, act, need_index)
+    else:  # eager: the same math without the op's dispatch overhead
+        y, ca, fusion_w = FusedChannelAttention.apply(x, *args, temperature, fusion, gate, act, need_index)
     ca = ca.view(ca.shape + (1,) * (x.dim() - 2))
     return y, ca, fusion_w if fusion == "softmax" else None

@@ -40,9 +40,65 @@ def _unflat(t3: Tensor, shape: torch.Size) -> Tensor:
     return t3.reshape(shape)
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without the dispatcher round trip when it is already there (small path: many calls)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _nothing(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """The empty tensor a custom op returns where the math has no tensor (ops cannot return None)."""
     return like.new_empty((0,), dtype=dtype or like.dtype)
+
+
+def fused_forward(
+    x: Tensor, p: small.Params, fusion: str, gate: str, act: str, need_index: bool
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor | None, small.Forward]:
+    """The forward math: (y, ca (B, C) in x.dtype, fusion_w, avg, max, argmax or None, small-path state)."""
+    ops = backend(x)
+    x3 = _flat(x)
+    avg, mx, idx = ops.pool_stats(x3, need_index)
+    dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
+    fw = small.forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
+    ca = _cast(fw.ca, x.dtype)
+    y = _unflat(ops.scale(x3, ca), x.shape)
+    return y, ca, fw.w, avg, mx, idx, fw
+
+
+def fused_backward(
+    dy: Tensor,
+    g_ca: Tensor | None,
+    g_fusion_w: Tensor | None,
+    g_avg: Tensor | None,
+    g_mx: Tensor | None,
+    x: Tensor,
+    avg: Tensor,
+    mx: Tensor,
+    idx: Tensor | None,
+    p: small.Params,
+    fusion: str,
+    gate: str,
+    act: str,
+    need_x: bool,
+    fw: small.Forward | None = None,
+) -> tuple[Tensor | None, small.Grads]:
+    """The backward math: (dx or None, gradients of the parameters); ``fw`` None recomputes the small path."""
+    ops = backend(x)
+    x3, dy3 = _flat(x), _flat(dy)
+    dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
+    if fw is None:
+        fw = small.forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
+    d_ca = _cast(ops.grad_ca(dy3, x3), dtype)
+    if g_ca is not None:
+        d_ca = d_ca + _cast(g_ca.reshape(d_ca.shape), dtype)
+    g = small.backward(fw, p, d_ca, g_fusion_w, fusion, gate, act)
+    if not need_x:
+        return None, g
+    assert idx is not None, "the forward ran without the argmax but x needs a gradient"
+    d_avg = g.avg if g_avg is None else g.avg + _cast(g_avg, dtype)
+    d_mx = g.mx if g_mx is None else g.mx + _cast(g_mx, dtype)
+    n = x3.shape[2]
+    dx3 = ops.grad_input(dy3, _cast(fw.ca, x.dtype), _cast(d_avg / n, avg.dtype), _cast(d_mx, avg.dtype), idx)
+    return _unflat(dx3, x.shape), g
 
 
 @torch.library.custom_op("cafusion::caft_forward", mutates_args=())
@@ -63,15 +119,10 @@ def caft_forward(
     need_index: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (y, ca (B, C) in x.dtype, fusion_w (B, 2) or (B, 0), avg, max, argmax or empty)."""
-    ops = backend(x)
-    x3 = _flat(x)
-    avg, mx, idx = ops.pool_stats(x3, need_index)
-    dtype = compute_dtype(avg.dtype, fc1_w.dtype)
     p = small.Params(fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature)
-    fw = small.forward(avg.to(dtype), mx.to(dtype), p, fusion, gate, act)
-    ca = fw.ca.to(x.dtype)
-    y = _unflat(ops.scale(x3, ca), x.shape)
-    fusion_w = fw.w if fw.w is not None else avg.new_empty((x.shape[0], 0), dtype=dtype)
+    y, ca, fusion_w, avg, mx, idx, _ = fused_forward(x, p, fusion, gate, act, need_index)
+    if fusion_w is None:
+        fusion_w = avg.new_empty((x.shape[0], 0), dtype=compute_dtype(avg.dtype, fc1_w.dtype))
     index = idx if idx is not None else _nothing(avg, torch.int64)
     return y, ca, fusion_w, avg, mx, index
 
@@ -131,24 +182,10 @@ def caft_backward(
     need_x: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns (dx, d fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature); absent ones empty."""
-    ops = backend(x)
-    x3, dy3 = _flat(x), _flat(dy)
-    dtype = compute_dtype(avg.dtype, fc1_w.dtype)
     p = small.Params(fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature)
-    fw = small.forward(avg.to(dtype), mx.to(dtype), p, fusion, gate, act)
-    d_ca = ops.grad_ca(dy3, x3).to(dtype)
-    if g_ca is not None:
-        d_ca = d_ca + g_ca.reshape(d_ca.shape).to(dtype)
-    g = small.backward(fw, p, d_ca, g_fusion_w, fusion, gate, act)
-    dx = _nothing(x)
-    if need_x:
-        d_avg = g.avg if g_avg is None else g.avg + g_avg.to(dtype)
-        d_mx = g.mx if g_mx is None else g.mx + g_mx.to(dtype)
-        n = x3.shape[2]
-        dx3 = ops.grad_input(dy3, fw.ca.to(x.dtype), (d_avg / n).to(avg.dtype), d_mx.to(avg.dtype), idx)
-        dx = _unflat(dx3, x.shape)
+    dx, g = fused_backward(dy, g_ca, g_fusion_w, g_avg, g_mx, x, avg, mx, idx, p, fusion, gate, act, need_x)
     rest = (g.fc1_w, g.fc1_b, g.fc2_w, g.fc2_b, g.r1_w, g.r1_b, g.r2_w, g.r2_b, g.temperature)
-    return (dx, *(_nothing(x) if t is None else t for t in rest))  # type: ignore[return-value]
+    return (_nothing(x) if dx is None else dx, *(_nothing(x) if t is None else t for t in rest))  # type: ignore[return-value]
 
 
 @caft_backward.register_fake

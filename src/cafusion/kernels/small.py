@@ -65,12 +65,17 @@ class Forward(NamedTuple):
 _ONE_SIXTH = float(torch.tensor(1.0 / 6.0, dtype=torch.float32))
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` minus the dispatcher round trip when nothing changes (the small path is overhead-bound)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _mat(weight: Tensor, dtype: torch.dtype) -> Tensor:
-    return weight.flatten(1).to(dtype)
+    return _cast(weight.flatten(1), dtype)
 
 
 def _vec(bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return None if bias is None else bias.to(dtype)
+    return None if bias is None else _cast(bias, dtype)
 
 
 def forward(avg: Tensor, mx: Tensor, p: Params, fusion: str, gate: str, act: str) -> Forward:
@@ -92,7 +97,7 @@ def forward(avg: Tensor, mx: Tensor, p: Params, fusion: str, gate: str, act: str
         logits = F.linear(F.relu(q), _mat(p.r2_w, dtype), _vec(p.r2_b, dtype))
         w = torch.softmax(logits, dim=1)
         z = w[:, 0:1] * a + w[:, 1:2] * m
-    t = p.temperature.to(dtype).reshape(())
+    t = _cast(p.temperature, dtype).reshape(())
     u = z / t
     ca = torch.sigmoid(u) if gate == "sigmoid" else F.hardsigmoid(u)
     return Forward(s, pre, hid, out, cat, q, w, t, u, ca)
@@ -104,8 +109,8 @@ def _linear_backward(
     """For out = inp @ W^T + b: (d inp, dW shaped and typed like ``weight``, db like ``bias``)."""
     w = _mat(weight, g.dtype)
     d_inp = g @ w
-    d_w = (g.t() @ inp).reshape(weight.shape).to(weight.dtype)
-    d_b = None if bias is None else g.sum(0).to(bias.dtype)
+    d_w = _cast((g.t() @ inp).reshape(weight.shape), weight.dtype)
+    d_b = None if bias is None else _cast(g.sum(0), bias.dtype)
     return d_inp, d_w, d_b
 
 
@@ -130,7 +135,7 @@ def backward(fw: Forward, p: Params, g_ca: Tensor, g_w: Tensor | None, fusion: s
         g_out = torch.cat([g_z * fw.w[:, 0:1], g_z * fw.w[:, 1:2]], dim=0)
         g_w_total = torch.stack([(g_z * a).sum(1), (g_z * m).sum(1)], dim=1)
         if g_w is not None:
-            g_w_total = g_w_total + g_w.to(g_w_total.dtype)
+            g_w_total = g_w_total + _cast(g_w, g_w_total.dtype)
         g_logits = fw.w * (g_w_total - (g_w_total * fw.w).sum(1, keepdim=True))
         r = F.relu(fw.q)
         d_r, d_r2_w, d_r2_b = _linear_backward(g_logits, r, p.r2_w, p.r2_b)
@@ -161,5 +166,5 @@ def backward(fw: Forward, p: Params, g_ca: Tensor, g_w: Tensor | None, fusion: s
         d_r1_b,
         d_r2_w,
         d_r2_b,
-        g_t.reshape(temp.shape).to(temp.dtype),
+        _cast(g_t.reshape(temp.shape), temp.dtype),
     )

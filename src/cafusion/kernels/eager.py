@@ -1,0 +1,63 @@
+"""The fast path in plain eager mode: an autograd.Function around the same forward and backward math.
+
+The custom ops in ``op`` are what torch.compile and torch.export see; in eager mode their Python
+dispatch (schema checks, default filling, boxing of 14 arguments, twice) costs more than the whole
+block at small shapes. This Function runs the same ``fused_forward``/``fused_backward`` directly and,
+unlike the op, can keep the small path's (B, C) intermediates for the backward instead of
+recomputing them. Only x, the statistics, the argmax and (B, C)-sized tensors are saved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cafusion.kernels import small
+from cafusion.kernels.op import fused_backward, fused_forward
+
+_N_PARAMS = len(small.Params._fields)
+
+
+class FusedChannelAttention(torch.autograd.Function):
+    """apply(x, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, fusion, gate, act, need_index)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, *args: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+        p = small.Params(*args[:_N_PARAMS])
+        fusion, gate, act, need_index = args[_N_PARAMS:]
+        y, ca, fusion_w, avg, mx, idx, fw = fused_forward(x, p, fusion, gate, act, need_index)
+        ctx.config = (fusion, gate, act)
+        ctx.set_materialize_grads(False)  # an unused output gets None, not a zero tensor of its size
+        ctx.save_for_backward(x, avg, mx, idx, *p, *fw)
+        return y, ca, fusion_w
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor | None, g_ca: Tensor | None, g_fw: Tensor | None) -> tuple[Any, ...]:
+        x, avg, mx, idx, *rest = ctx.saved_tensors
+        p = small.Params(*rest[:_N_PARAMS])
+        fw = small.Forward(*rest[_N_PARAMS:])
+        fusion, gate, act = ctx.config
+        need_x = bool(ctx.needs_input_grad[0])
+        if dy is None:
+            dy = torch.zeros_like(x)
+        dx, g = fused_backward(
+            dy,
+            g_ca,
+            g_fw if fusion == "softmax" else None,
+            None,
+            None,
+            x,
+            avg,
+            mx,
+            idx,
+            p,
+            fusion,
+            gate,
+            act,
+            need_x,
+            fw,
+        )
+        grads = (g.fc1_w, g.fc1_b, g.fc2_w, g.fc2_b, g.r1_w, g.r1_b, g.r2_w, g.r2_b, g.temperature)
+        return (dx, *(d if t is not None else None for d, t in zip(grads, p, strict=True)), None, None, None, None)
