@@ -203,14 +203,18 @@ def check_block(checks: Checks, device: torch.device, dry: bool) -> None:
                             y.backward(dyd)
                             res.append([y, ca, xi.grad, *(p.grad for p in m.parameters())])
                         for i, (a, b, t) in enumerate(zip(*res, strict=True)):
-                            if dtype == torch.float32:
+                            e_ref, e_fast = _rel_err(a, t), _rel_err(b, t)
+                            what = f"tensor #{i}: error vs float64 {e_fast:.3g} (reference {e_ref:.3g})"
+                            if dtype == torch.float32 and i < 3:  # y, ca, dx: the core tolerances
                                 tol = {"rtol": 1e-5, "atol": 1e-6 if i < 2 else 1e-5}
-                                torch.testing.assert_close(b, a, **tol, msg=lambda m, i=i: f"tensor #{i}: {m}")
+                                torch.testing.assert_close(b, a, **tol, msg=lambda m, what=what: f"{what}: {m}")
+                            elif dtype == torch.float32:
+                                # Weight gradients sum over B*N positions: both paths carry the rounding of their
+                                # own summation order (on a GPU they differ by ~1e-5 at 56x56); ours must be as
+                                # close to float64 as the reference is.
+                                assert e_fast <= max(2 * e_ref, 1e-6), what
                             else:  # bf16: ours must be about as close to the float64 truth as the reference is
-                                e_ref, e_fast = _rel_err(a, t), _rel_err(b, t)
-                                assert e_fast <= max(1.5 * e_ref, 1e-2), (
-                                    f"tensor #{i}: error {e_fast:.3g} vs {e_ref:.3g}"
-                                )
+                                assert e_fast <= max(1.5 * e_ref, 1e-2), what
 
                     checks.run(f"block {cfg} {shape} {str(dtype)[6:]} {lay}", one)
 
@@ -367,10 +371,43 @@ def time_primitives(x: Tensor, dy: Tensor, timer: Timer, copy_ms: float) -> dict
     }
     out: dict[str, float] = {}
     for name, (fn, copies) in passes.items():
-        ms = timer(fn)
+        # In a CUDA graph: one Triton launch costs tens of microseconds of Python, as long as the kernel.
+        ms = timer(graphed(fn, [])) if x.is_cuda else timer(fn)
         out[f"prim_{name}_ms"] = ms
         out[f"prim_{name}_floor_x"] = ms / (copies * copy_ms)
     return out
+
+
+SWEEP_SHAPES = [(16, 256, 56, 56), (16, 1024, 14, 14), (16, 2048, 7, 7)]
+
+
+def sweep(timer: Timer, deadline: float) -> list[dict[str, Any]]:
+    """Kernel-only times of each pass for several launch plans (tile size, programs per SM)."""
+    from cafusion.kernels import triton_ops as T
+
+    defaults = (T._TILE_BYTES, T._PROGRAMS_PER_SM)
+    rows: list[dict[str, Any]] = []
+    try:
+        for shape in SWEEP_SHAPES if timer.device.type == "cuda" else DRY_SHAPES:
+            for dtype in DTYPES.values():
+                for lay in LAYOUTS:
+                    if time.time() > deadline:
+                        return rows
+                    x = layout(torch.randn(shape, device=timer.device, dtype=dtype), lay)
+                    dy = layout(torch.randn(shape, device=timer.device, dtype=dtype), lay)
+                    out = torch.empty_like(x)
+                    copy_ms = timer(lambda x=x, out=out: out.copy_(x))
+                    for tile in (4096, 8192, 16384):
+                        for per_sm in (4, 16):
+                            T._TILE_BYTES, T._PROGRAMS_PER_SM = tile, per_sm
+                            row = {"shape": list(shape), "dtype": str(dtype)[6:], "layout": lay, "tile_bytes": tile}
+                            row |= {"programs_per_sm": per_sm, "copy_ms": copy_ms}
+                            row.update(time_primitives(x, dy, timer, copy_ms))
+                            rows.append(row)
+                    print(f"  sweep {shape} {str(dtype)[6:]} {lay}", flush=True)
+    finally:
+        T._TILE_BYTES, T._PROGRAMS_PER_SM = defaults
+    return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -421,8 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, default=30, help="timed repetitions per measurement (median)")
     parser.add_argument("--skip-checks", action="store_true", help="only time")
+    parser.add_argument("--block-checks-only", action="store_true", help="check the whole block, not each pass")
     parser.add_argument("--deadline-s", type=float, default=330.0, help="stop timing new cases after this long")
     parser.add_argument("--skip-bench", action="store_true", help="only check correctness")
+    parser.add_argument("--sweep", action="store_true", help="also time each pass under several launch plans")
     parser.add_argument("--dry-run", action="store_true", help="CPU + TRITON_INTERPRET=1: exercise the script itself")
     args = parser.parse_args(argv)
 
@@ -457,24 +496,29 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(env), flush=True)
     started = time.time()
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"env": env}
 
     checks = Checks()
     if not args.skip_checks:
         t0 = time.time()
-        check_primitives(checks, device, args.dry_run)
+        if not args.block_checks_only:
+            check_primitives(checks, device, args.dry_run)
         check_block(checks, device, args.dry_run)
         n_fail = len(checks.failed)
         print(f"correctness: {len(checks.results) - n_fail}/{len(checks.results)} passed ({time.time() - t0:.0f} s)")
         report["checks"] = checks.results
 
+    if args.sweep:
+        report["sweep"] = sweep(Timer(device, 3 if args.dry_run else 10), started + args.deadline_s / 2)
+        _write(out, report, [])
+
     ref_path = find_reference(args.reference)
     if ref_path is None:
         print(f"reference module not found ({REFERENCE_NAME}; --reference PATH): timing ours and the copy only")
     rows: list[dict[str, Any]] = []
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     if not args.skip_bench:
         ref_cls = load_reference(ref_path) if ref_path is not None else None
         if hasattr(torch, "_dynamo"):

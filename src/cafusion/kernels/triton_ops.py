@@ -23,6 +23,7 @@ from torch import Tensor
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _TILE_BYTES = 8192  # bytes of x per tile: enough loads in flight per program to stream HBM
 _MAX_SPLITS = 64
+_PROGRAMS_PER_SM = 4  # reductions split N until about this many programs per SM run
 _FLAT_MAX_N = 1 << 16
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -124,7 +125,7 @@ def _num_sms(device: torch.device) -> int:
 def _splits(device: torch.device, programs: int, n: int, block_n: int) -> tuple[int, int]:
     """(splits, chunk): split N so that about 4 programs per SM run; each chunk whole tiles."""
     tiles = -(-n // block_n)
-    target = 4 * _num_sms(device)
+    target = _PROGRAMS_PER_SM * _num_sms(device)
     want = 1 if programs >= target else min(tiles, -(-target // programs), _MAX_SPLITS)
     chunk = -(-tiles // want) * block_n
     return -(-n // chunk), chunk
