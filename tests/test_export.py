@@ -22,7 +22,12 @@ import cafusion
 from cafusion import ChannelAttentionFusionTLayer
 from cafusion.integrations.torchvision import insert_attention
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
+    # The input checks compare shapes; under tracing those are tensors, which only costs a warning.
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning:cafusion._validation"),
+]
 
 CONFIGS = list(itertools.product(["softmax", "sum"], ["sigmoid", "hardsigmoid"], ["auto", "reference"]))
 CONFIG_IDS = ["-".join(c) for c in CONFIGS]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from functools import partial
 
 import pytest
@@ -53,6 +55,22 @@ def test_factory_kwargs(name: str) -> None:
     assert all(p.dtype == torch.float64 for p in layer.parameters())
     x = torch.randn(2, 8, 3, 3, dtype=torch.float64)
     assert layer(x).dtype == torch.float64
+
+
+def test_registry_works_without_the_optional_packages() -> None:
+    """timm, torchvision, onnx and safetensors are extras: importing the library must not need them."""
+    code = (
+        "import sys\n"
+        "for m in ('timm', 'torchvision', 'onnx', 'onnxruntime', 'onnxscript', 'safetensors'):\n"
+        "    sys.modules[m] = None\n"
+        "import torch, cafusion, cafusion.integrations.torchvision, cafusion.integrations.weights\n"
+        "for n in cafusion.list_attentions():\n"
+        "    assert cafusion.create_attention(n, 8)(torch.randn(2, 8, 3)).shape == (2, 8, 3)\n"
+        "print(len(cafusion.list_attentions()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= len(NAMES)
 
 
 def test_case_insensitive_and_factories_pass_through() -> None:
