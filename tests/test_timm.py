@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import pytest
 import timm
 import torch
 from timm.models.byobnet import ByoBlockCfg, ByobNet, ByoModelCfg
@@ -41,11 +42,11 @@ def train_step_reaches_every_block(model: nn.Module, size: int = 32) -> None:
         h.remove()
 
 
-def test_timm_resnet18_block_args() -> None:
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_timm_resnet18_block_args(impl: str) -> None:
     torch.manual_seed(0)
-    model = timm.create_model(
-        "resnet18", num_classes=10, zero_init_last=False, block_args=dict(attn_layer=ChannelAttentionFusionTLayer)
-    )
+    layer = ChannelAttentionFusionTLayer if impl == "auto" else partial(ChannelAttentionFusionTLayer, impl=impl)
+    model = timm.create_model("resnet18", num_classes=10, zero_init_last=False, block_args=dict(attn_layer=layer))
     blocks = blocks_in(model)
     assert len(blocks) == 8  # one per BasicBlock, in the ``se`` slot
     assert [b.channels for b in blocks] == [64, 64, 128, 128, 256, 256, 512, 512]
