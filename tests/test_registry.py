@@ -57,6 +57,17 @@ def test_factory_kwargs(name: str) -> None:
     assert layer(x).dtype == torch.float64
 
 
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_input_keeps_its_dtype(name: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    layer = cafusion.create_attention(name, 8)
+    x = torch.randn(2, 8, 6, 6).to(dtype)
+    y = layer(x)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), layer(x.float()), rtol=2e-2, atol=2e-2)
+
+
 def test_registry_works_without_the_optional_packages() -> None:
     """timm, torchvision, onnx and safetensors are extras: importing the library must not need them."""
     code = (

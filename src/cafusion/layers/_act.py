@@ -56,6 +56,12 @@ def gate_fn(z: Tensor, gate: str) -> Tensor:
     return torch.sigmoid(z) if gate == "sigmoid" else F.hardsigmoid(z)
 
 
+def spatial_mean(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, C) mean over every dim after C, accumulated in at least float32, returned in ``dtype``."""
+    acc = torch.promote_types(x.dtype, torch.float32)
+    return x.flatten(2).mean(-1, dtype=acc).to(dtype)
+
+
 def broadcast(weights: Tensor, x: Tensor) -> Tensor:
     """(B, C) channel weights -> (B, C, 1, ..., 1) in x's dtype, ready to multiply x."""
     shape = [weights.shape[0], weights.shape[1]] + [1] * (x.dim() - 2)

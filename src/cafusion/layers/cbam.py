@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from cafusion import _validation as check
-from cafusion.layers._act import GATES, activate, broadcast, gate_fn, resolve_act
+from cafusion.layers._act import GATES, activate, broadcast, gate_fn, resolve_act, spatial_mean
 
 
 class CbamChannelAttention(nn.Module):
@@ -51,7 +51,7 @@ class CbamChannelAttention(nn.Module):
         if not torch.jit.is_scripting():  # type: ignore[attr-defined]
             check.feature_map("x", x, self.channels)
         flat = x.flatten(2)
-        avg = flat.mean(-1).to(self.fc1.weight.dtype)
+        avg = spatial_mean(x, self.fc1.weight.dtype)
         mx = flat.amax(-1).to(self.fc1.weight.dtype)
         weights = gate_fn(self._mlp(avg) + self._mlp(mx), self.gate)
         return x * broadcast(weights, x)

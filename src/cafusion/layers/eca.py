@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from cafusion import _validation as check
-from cafusion.layers._act import GATES, broadcast, gate_fn
+from cafusion.layers._act import GATES, broadcast, gate_fn, spatial_mean
 
 
 def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
@@ -56,7 +56,7 @@ class EfficientChannelAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():  # type: ignore[attr-defined]
             check.feature_map("x", x, self.channels)
-        s = x.flatten(2).mean(-1).to(self.conv.weight.dtype)
+        s = spatial_mean(x, self.conv.weight.dtype)
         weights = gate_fn(self.conv(s.unsqueeze(1)).squeeze(1), self.gate)
         return x * broadcast(weights, x)
 

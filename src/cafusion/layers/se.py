@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from cafusion import _validation as check
-from cafusion.layers._act import GATES, activate, broadcast, gate_fn, resolve_act
+from cafusion.layers._act import GATES, activate, broadcast, gate_fn, resolve_act, spatial_mean
 
 
 class SqueezeExcite(nn.Module):
@@ -47,7 +47,7 @@ class SqueezeExcite(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():  # type: ignore[attr-defined]
             check.feature_map("x", x, self.channels)
-        s = x.flatten(2).mean(-1).to(self.fc1.weight.dtype)
+        s = spatial_mean(x, self.fc1.weight.dtype)
         weights = gate_fn(self.fc2(activate(self.fc1(s), self.act)), self.gate)
         return x * broadcast(weights, x)
 
