@@ -69,6 +69,7 @@ class ChannelAttentionFusionTLayer(ChannelAttentionFusionT):
         return y
 
     def _linear(self, s: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """A 1x1-conv weight holder applied to (B, C) statistics (as the functional form does)."""
         b = bias
         if b is not None:
             b = b.to(s.dtype)
