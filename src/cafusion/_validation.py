@@ -26,10 +26,10 @@ def positive_finite(name: str, value: Any) -> float:
     """Return ``value`` as a float if it is a real number, finite and > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a finite number > 0, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
+    number = float(value)
+    if not math.isfinite(number) or number <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return value
+    return number
 
 
 def boolean(name: str, value: Any) -> bool:
@@ -54,9 +54,7 @@ def feature_map(name: str, x: Any, channels: int) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
-        raise TypeError(
-            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), got {x.dtype}"
-        )
+        raise TypeError(f"{name} must have a floating dtype (float16, bfloat16, float32 or float64), got {x.dtype}")
     if x.dim() < 3:
         raise ValueError(
             f"{name} must have shape (B, C, *spatial) with at least one spatial dim, got shape {tuple(x.shape)}"
