@@ -385,7 +385,7 @@ def sweep(timer: Timer, deadline: float) -> list[dict[str, Any]]:
     """Kernel-only times of each pass for several launch plans (tile size, programs per SM)."""
     from cafusion.kernels import triton_ops as T
 
-    defaults = (T._TILE_BYTES, T._PROGRAMS_PER_SM)
+    defaults = (T._TILE_BYTES, T._REDUCE_TILE, T._PROGRAMS_PER_SM)
     rows: list[dict[str, Any]] = []
     try:
         for shape in SWEEP_SHAPES if timer.device.type == "cuda" else DRY_SHAPES:
@@ -399,14 +399,15 @@ def sweep(timer: Timer, deadline: float) -> list[dict[str, Any]]:
                     copy_ms = timer(lambda x=x, out=out: out.copy_(x))
                     for tile in (4096, 8192, 16384):
                         for per_sm in (4, 16):
-                            T._TILE_BYTES, T._PROGRAMS_PER_SM = tile, per_sm
+                            T._TILE_BYTES, T._REDUCE_TILE = tile, tile // x.element_size()
+                            T._PROGRAMS_PER_SM = per_sm
                             row = {"shape": list(shape), "dtype": str(dtype)[6:], "layout": lay, "tile_bytes": tile}
                             row |= {"programs_per_sm": per_sm, "copy_ms": copy_ms}
                             row.update(time_primitives(x, dy, timer, copy_ms))
                             rows.append(row)
                     print(f"  sweep {shape} {str(dtype)[6:]} {lay}", flush=True)
     finally:
-        T._TILE_BYTES, T._PROGRAMS_PER_SM = defaults
+        T._TILE_BYTES, T._REDUCE_TILE, T._PROGRAMS_PER_SM = defaults
     return rows
 
 
