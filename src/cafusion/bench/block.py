@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="time torch.compile(ref)")
     p.add_argument("--no-thp", action="store_true", help="do not re-run with THP_MEM_ALLOC_ENABLE=1 on the CPU")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "thread"),
+        default="wall",
+        help="wall clock (default) or the thread's CPU time (CPU only, needs --threads 1; robust on a busy machine)",
+    )
     return p
 
 
@@ -129,7 +135,7 @@ def run_case(
     y = torch.empty_like(x)
     dy = torch.randn_like(x)
     xg = x.detach().clone().requires_grad_(True)
-    copy_ms = median_ms(lambda: y.copy_(x), device, args.repeats)
+    copy_ms = median_ms(lambda: y.copy_(x), device, args.repeats, clock=args.clock)
     floor = {mode: copies * copy_ms for mode, copies in FLOOR_COPIES.items()}
     times: dict[str, dict[str, float]] = {mode: {} for mode in MODES}
     peak: dict[str, float] = {}
@@ -144,8 +150,8 @@ def run_case(
             m.zero_grad(set_to_none=True)
             torch.autograd.backward(_first(m(xg)), dy)
 
-        times["forward"][name] = median_ms(forward, device, args.repeats)
-        times["forward_backward"][name] = median_ms(train_step, device, args.repeats)
+        times["forward"][name] = median_ms(forward, device, args.repeats, clock=args.clock)
+        times["forward_backward"][name] = median_ms(train_step, device, args.repeats, clock=args.clock)
         if not args.no_memory and name != "ref_compiled":
             peak[name] = peak_extra_mib(train_step, device)
     case: dict[str, Any] = {
@@ -237,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cpu" and not args.no_thp and os.environ.get("THP_MEM_ALLOC_ENABLE") != "1":
         return _rerun_with_thp(argv)
+    if args.clock == "thread" and (args.threads != 1 or device.type != "cpu"):
+        raise SystemExit("--clock thread measures one thread's CPU time: use it on the CPU with --threads 1")
     torch.set_num_threads(args.threads)
     args.repeats = args.repeats or (5 if args.quick else 15)
     args.compile = (not args.quick) if args.compile is None else args.compile
@@ -268,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "threads": args.threads,
         "repeats": args.repeats,
+        "clock": args.clock,
         "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE") == "1",
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "seconds": round(time.time() - start, 1),
