@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -56,6 +58,17 @@ def test_resnet_forward_backward_and_state_dict_round_trip(
     model.eval()
     fresh.eval()
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+def test_deepcopy_keeps_the_inserted_blocks_working() -> None:
+    """EMA / SWA wrappers deep-copy the model: the copy must apply its own blocks."""
+    model = insert_attention(resnet18(num_classes=10), "se").eval()
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.layer1[0].bn2.attention.fc2.bias.fill_(-100.0)  # closes the gate in the copy only
+        x = torch.randn(1, 3, 32, 32)
+        assert not torch.allclose(clone(x), model(x))
+        torch.testing.assert_close(copy.deepcopy(model)(x), model(x))
 
 
 def test_a_plain_torchvision_checkpoint_loads_except_the_new_block() -> None:
