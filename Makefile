@@ -30,5 +30,8 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(PY) -m cafusion bench --quick
 
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out bench-results/gpu
+
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
