@@ -20,6 +20,17 @@ from cafusion.kernels.op import fused_backward, fused_forward
 _N_PARAMS = len(small.Params._fields)
 
 
+def _own_storage(t: Tensor) -> Tensor:
+    """The same memory as a tensor that is not a view.
+
+    y comes back as a reshape of the (B, C, N) result; autograd forbids in-place changes to a view
+    returned from a Function, and models do change y in place (timm's ResNet: ``x += shortcut``).
+    """
+    if t._base is None:
+        return t
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
+
+
 class FusedChannelAttention(torch.autograd.Function):
     """apply(x, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, fusion, gate, act, need_index)."""
 
@@ -28,6 +39,7 @@ class FusedChannelAttention(torch.autograd.Function):
         p = small.Params(*args[:_N_PARAMS])
         fusion, gate, act, need_index = args[_N_PARAMS:]
         y, ca, fusion_w, avg, mx, idx, fw = fused_forward(x, p, fusion, gate, act, need_index)
+        y = _own_storage(y)
         ctx.config = (fusion, gate, act)
         ctx.set_materialize_grads(False)  # an unused output gets None, not a zero tensor of its size
         ctx.save_for_backward(x, avg, mx, idx, *p, *fw)
