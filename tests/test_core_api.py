@@ -180,3 +180,22 @@ def test_nested_block_mismatch_names_its_prefix() -> None:
     dst = torch.nn.Sequential(torch.nn.Identity(), ChannelAttentionFusionT(16))
     with pytest.raises(RuntimeError, match="at '1'"):
         dst.load_state_dict(src.state_dict())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_output_may_be_modified_in_place(reference: ModuleType, channels_last: bool) -> None:
+    """Residual blocks do ``out += shortcut`` on the attention output (timm's ResNet)."""
+    ref = reference.ChannelAttentionFusionT(16)
+    ours = ChannelAttentionFusionT(16)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 16, 5, 5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grads = []
+    for block in (ours, ref):
+        xin = x.clone().requires_grad_(True)
+        y, _ = block(xin)
+        y += xin
+        y.square().sum().backward()
+        grads.append(xin.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
