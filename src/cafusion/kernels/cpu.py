@@ -28,18 +28,44 @@ def pool_stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | N
     Max-with-index is several times slower than ``amax`` on the CPU, so it only runs when gradients
     are needed. For channels_last maps (C has stride 1) adaptive max pooling has a kernel vectorised
     over C that is ~5x faster than ``max(dim)``; both return the first maximal position, which is
-    where AdaptiveMaxPool sends the gradient.
+    where AdaptiveMaxPool sends the gradient. Half-precision input is widened a few samples at a time
+    into a cache-sized float32 buffer: reducing bf16 directly is ~5x slower than copying it.
     """
     acc = acc_dtype(x3.dtype)
-    # ``dtype=`` only where it widens: passing the input's own dtype takes a much slower kernel.
-    avg = x3.mean(dim=2) if x3.dtype == acc else x3.mean(dim=2, dtype=acc)
+    if x3.dtype == acc:
+        return _stats(x3, need_index)
+    b = x3.shape[0]
+    avg = x3.new_empty(x3.shape[:2], dtype=acc)
+    mx = torch.empty_like(avg)
+    idx = torch.empty_like(avg, dtype=torch.int64) if need_index else None
+    step = _step(x3)
+    buf = torch.empty_like(x3[:step], dtype=acc)
+    for start in range(0, b, step):
+        stop = min(b, start + step)
+        wide = buf[: stop - start]
+        wide.copy_(x3[start:stop])
+        a, m, i = _stats(wide, need_index)
+        avg[start:stop], mx[start:stop] = a, m
+        if idx is not None and i is not None:
+            idx[start:stop] = i
+    return avg, mx, idx
+
+
+def _stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """pool_stats for float32/float64 input: no ``dtype=`` (the input's own dtype takes a ~30x slower kernel)."""
+    avg = x3.mean(dim=2)
     if not need_index:
-        return avg, x3.amax(dim=2).to(acc), None
+        return avg, x3.amax(dim=2), None
     if x3.stride(1) == 1 and x3.shape[2] > 1:
         mx, idx = F.adaptive_max_pool1d(x3, 1, return_indices=True)
-        return avg, mx.squeeze(2).to(acc), idx.squeeze(2)
+        return avg, mx.squeeze(2), idx.squeeze(2)
     mx, idx = x3.max(dim=2)
-    return avg, mx.to(acc), idx
+    return avg, mx, idx
+
+
+def _step(x3: Tensor) -> int:
+    """Samples per chunk so that a chunk holds about ``_CHUNK`` elements."""
+    return max(1, _CHUNK // max(1, x3.shape[1] * x3.shape[2]))
 
 
 def scale(x3: Tensor, ca: Tensor) -> Tensor:
@@ -52,21 +78,25 @@ def scale(x3: Tensor, ca: Tensor) -> Tensor:
 def grad_ca(dy3: Tensor, x3: Tensor) -> Tensor:
     """sum over N of dy * x, per (b, c), in the statistics dtype.
 
-    The product is formed a few samples at a time into one reused buffer (in the statistics dtype,
-    so the sum needs no ``dtype=``), so the only temporary is cache-sized instead of full-size.
+    The product is formed a few samples at a time into one reused, cache-sized buffer, so there is no
+    full-size temporary. The buffer has the inputs' dtype: a float32 ``out=`` for bf16 operands takes a
+    mixed-dtype path that is >10x slower on channels_last; the sum then accumulates in float32.
     """
     acc = acc_dtype(x3.dtype)
-    b, c, n = x3.shape
-    out = torch.zeros((b, c), dtype=acc, device=x3.device)
+    b = x3.shape[0]
+    out = torch.zeros(x3.shape[:2], dtype=acc, device=x3.device)
     if out.numel() == 0:
         return out
-    step = max(1, _CHUNK // max(1, c * n))
-    buf = torch.empty_like(x3[:step], dtype=acc)
+    step = _step(x3)
+    buf = torch.empty_like(x3[:step], dtype=torch.promote_types(dy3.dtype, x3.dtype))
     for start in range(0, b, step):
         stop = min(b, start + step)
         prod = buf[: stop - start]
         torch.mul(dy3[start:stop], x3[start:stop], out=prod)
-        torch.sum(prod, dim=2, out=out[start:stop])
+        if prod.dtype == acc:
+            torch.sum(prod, dim=2, out=out[start:stop])
+        else:
+            out[start:stop] = prod.sum(dim=2, dtype=acc)
     return out
 
 
