@@ -113,5 +113,18 @@ def grad_input(dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tenso
     torch.mul(dy3, ca.to(dtype).unsqueeze(2), out=dx3)
     dx3.add_(g_avg.to(dtype).unsqueeze(2))
     if dx3.numel():
-        dx3.scatter_add_(2, idx.unsqueeze(2), g_max.to(dtype).unsqueeze(2))
+        _add_at_argmax(dx3, idx, g_max.to(dtype))
     return dx3
+
+
+def _add_at_argmax(dx3: Tensor, idx: Tensor, g_max: Tensor) -> None:
+    """dx3[b, c, idx[b, c]] += g_max[b, c], through a flat view of dx3's (dense) storage.
+
+    ``scatter_add_`` on a channels_last view copies the whole tensor to contiguous and back; B*C
+    computed offsets into the storage touch only the B*C elements that change.
+    """
+    b, c, _ = dx3.shape
+    s_b, s_c, s_n = dx3.stride()
+    base = torch.arange(b, device=dx3.device).unsqueeze(1) * s_b + torch.arange(c, device=dx3.device) * s_c
+    flat = dx3.as_strided((dx3.numel(),), (1,))
+    flat.index_add_(0, (base + idx * s_n).flatten(), g_max.flatten())
