@@ -4,7 +4,8 @@ For every shape x dtype x layout it times a plain copy of x (the bandwidth yards
 without grad and forward+backward of each contender, and the peak memory of one training step. The
 block is memory-bound, so the floor is counted in copies of x: the forward must read x twice (stats,
 then scale) and write y once, 1.5 copies; forward+backward adds a pass reading dy and x and one reading
-dy and writing dx, 3.5 copies. Prints a table and writes JSON (``--out``).
+dy and writing dx, 3.5 copies. The floor leaves out allocating the outputs; the ``new+copy`` column (the
+copy into a freshly allocated tensor) shows what each fresh y or dx costs. Prints a table, writes JSON.
 
 On the CPU the benchmark re-runs itself with ``THP_MEM_ALLOC_ENABLE=1`` (unless ``--no-thp``): PyTorch
 then backs large tensors with huge pages, and a fresh 50 MB output costs a few page faults instead of
@@ -136,6 +137,8 @@ def run_case(
     dy = torch.randn_like(x)
     xg = x.detach().clone().requires_grad_(True)
     copy_ms = median_ms(lambda: y.copy_(x), device, args.repeats, clock=args.clock)
+    # The same copy into a freshly allocated tensor: what any block pays for its new y (and dx).
+    fresh_copy_ms = median_ms(lambda: torch.empty_like(x).copy_(x), device, args.repeats, clock=args.clock)
     floor = {mode: copies * copy_ms for mode, copies in FLOOR_COPIES.items()}
     times: dict[str, dict[str, float]] = {mode: {} for mode in MODES}
     peak: dict[str, float] = {}
@@ -159,6 +162,7 @@ def run_case(
         "dtype": next(k for k, v in DTYPES.items() if v == dtype),
         "layout": layout,
         "copy_ms": copy_ms,
+        "fresh_copy_ms": fresh_copy_ms,
         "floor_ms": floor,
         "ms": times,
         "peak_train_step_mib": peak,
@@ -202,7 +206,18 @@ def check_targets(cases: list[dict[str, Any]], device: torch.device) -> list[dic
 def format_table(cases: list[dict[str, Any]]) -> str:
     """One row per case and mode: median ms of each contender, ours vs reference, ours / floor."""
     names = ["reference", "timm", "ref_compiled", "ours"]
-    head = ["shape", "dtype", "layout", "mode", "copy", *names, "ref/ours", "ours/floor", "peak MiB ref/ours"]
+    head = [
+        "shape",
+        "dtype",
+        "layout",
+        "mode",
+        "copy",
+        "new+copy",
+        *names,
+        "ref/ours",
+        "ours/floor",
+        "peak MiB ref/ours",
+    ]
     rows = [head]
     for c in cases:
         for mode in MODES:
@@ -219,6 +234,7 @@ def format_table(cases: list[dict[str, Any]]) -> str:
                     "CL" if c["layout"] == "channels_last" else "contig",
                     "fwd" if mode == "forward" else "fwd+bwd",
                     f"{c['copy_ms']:.2f}",
+                    f"{c['fresh_copy_ms']:.2f}",
                     *(f"{ms[n]:.2f}" if n in ms else "-" for n in names),
                     "-" if speed is None else f"{speed:.2f}x",
                     f"{c['ours_over_floor'][mode]:.2f}",
