@@ -85,7 +85,7 @@ def test_registry_name_and_options_reach_every_block() -> None:
     assert all(b.fusion == "sum" and b.gate == "hardsigmoid" and b.reduction == 8 for b in blocks)
     model.double()
     assert all(p.dtype == torch.float64 for b in blocks for p in b.parameters())
-    assert model(torch.randn(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+    assert model(torch.randn(2, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
 
 
 def test_predicate_inserts_after_any_module_1d() -> None:
