@@ -195,10 +195,12 @@ def test_compile_fullgraph(fusion: str, gate: str, impl: str) -> None:
             torch.testing.assert_close(g_compiled, g_eager)
 
 
-def test_compile_fullgraph_resnet_with_inserted_blocks_and_keep_last() -> None:
-    """Hooks from insert_attention and keep_last's attribute writes must not break the graph."""
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_compile_fullgraph_resnet_with_inserted_blocks_and_keep_last(impl: str) -> None:
+    """Hooks from insert_attention and keep_last's attribute writes must not break the graph;
+    the ResNet's ``out += identity`` on the block's output must work inside the compiled graph too."""
     torch.manual_seed(0)
-    model = insert_attention(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10), "caft", keep_last=True)
+    model = insert_attention(ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10), "caft", keep_last=True, impl=impl)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(compiled(x), model(x))
