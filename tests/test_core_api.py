@@ -175,6 +175,19 @@ def test_mismatched_checkpoint_says_what_differs(saved: dict, loading: dict, nee
         dst.load_state_dict(src.state_dict())
 
 
+def test_non_strict_load_of_another_configuration_loads_the_shared_weights() -> None:
+    src = ChannelAttentionFusionT(16, fusion="sum", learnable_temperature=True)
+    dst = ChannelAttentionFusionT(16, fusion="softmax")
+    result = dst.load_state_dict(src.state_dict(), strict=False)
+    assert torch.equal(dst.fc1.weight, src.fc1.weight) and torch.equal(dst.fc2.bias, src.fc2.bias)
+    missing = " ".join(result.missing_keys)
+    assert (
+        "fusion_router.0.weight (ChannelAttentionFusionT at '<root>': checkpoint was saved with fusion='sum'" in missing
+    )
+    assert "T (" in missing and "learnable (t_raw) temperature" in missing
+    assert any(k.startswith("t_raw") for k in result.unexpected_keys)
+
+
 def test_nested_block_mismatch_names_its_prefix() -> None:
     src = torch.nn.Sequential(torch.nn.Identity(), ChannelAttentionFusionT(16, fusion="sum"))
     dst = torch.nn.Sequential(torch.nn.Identity(), ChannelAttentionFusionT(16))

@@ -90,6 +90,8 @@ class ChannelAttentionFusionT(nn.Module):
             self.register_buffer("T", torch.empty((), **factory))
         self._reset_temperature()
         self._inspectors: OrderedDict[int, Inspector] = OrderedDict()
+        self._load_notes: tuple[str, list[tuple[str, str]]] = ("", [])
+        self.register_load_state_dict_post_hook(ChannelAttentionFusionT._annotate_keys)  # type: ignore[no-untyped-call]
 
     def _reset_temperature(self) -> None:
         if self.learnable_temperature:
@@ -175,38 +177,70 @@ class ChannelAttentionFusionT(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        """Explain a checkpoint saved with another configuration before torch lists raw key errors."""
-        error_msgs.extend(self._config_mismatches(state_dict, prefix, strict))
+        """Say what differs when a checkpoint was saved with another configuration.
+
+        Other channels or hidden width is an error (the shapes cannot load). Another fusion, temperature
+        kind or bias shows up as missing/unexpected keys; torch hands every submodule strict=True, so the
+        block cannot tell whether the caller asked for strict loading. It annotates those keys instead
+        (in ``_annotate_keys``, after the children have loaded), which puts the explanation into a strict
+        load's error and into a non-strict load's returned key lists without refusing the latter.
+        """
+        error_msgs.extend(self._shape_mismatches(state_dict, prefix))
+        self._load_notes = (prefix, self._key_mismatches(state_dict, prefix))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
-    def _config_mismatches(self, state_dict: dict[str, Any], prefix: str, strict: bool) -> list[str]:
-        msgs: list[str] = []
-        name = f"{type(self).__name__} at '{prefix.rstrip('.') or '<root>'}'"
+    @staticmethod
+    def _annotate_keys(module: nn.Module, incompatible: Any) -> None:
+        """Load post-hook: append the configuration difference to this block's missing/unexpected keys."""
+        prefix, notes = getattr(module, "_load_notes", ("", []))
+        object.__setattr__(module, "_load_notes", ("", []))
+        said: set[str] = set()
+        for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
+            for i, key in enumerate(keys):
+                rel = key[len(prefix) :] if key.startswith(prefix) else None
+                note = next((n for k, n in notes if rel == k or (k.endswith(".") and rel and rel.startswith(k))), None)
+                if note is not None and note not in said:  # once per difference, on its first key
+                    keys[i] = f"{key} ({note})"
+                    said.add(note)
+
+    def _block_name(self, prefix: str) -> str:
+        return f"{type(self).__name__} at '{prefix.rstrip('.') or '<root>'}'"
+
+    def _shape_mismatches(self, state_dict: dict[str, Any], prefix: str) -> list[str]:
         w1 = state_dict.get(prefix + "fc1.weight")
         if isinstance(w1, Tensor) and w1.dim() >= 2 and tuple(w1.shape[:2]) != (self.hidden, self.channels):
-            msgs.append(
-                f"{name}: checkpoint has channels={w1.shape[1]}, hidden={w1.shape[0]} "
+            return [
+                f"{self._block_name(prefix)}: checkpoint has channels={w1.shape[1]}, hidden={w1.shape[0]} "
                 f"but this block has channels={self.channels}, hidden={self.hidden}"
-            )
-        if not strict:
-            return msgs
+            ]
+        return []
+
+    def _key_mismatches(self, state_dict: dict[str, Any], prefix: str) -> list[tuple[str, str]]:
+        """(key or key prefix ending in '.', explanation) for each configuration the checkpoint differs in."""
         if (prefix + "fc1.weight") not in state_dict:
-            # The checkpoint has no weights for this block at all (e.g. a backbone's pretrained weights
-            # loaded into a model with inserted blocks): torch reports the missing keys (or, with
-            # strict=False, loads the rest); there is no saved configuration to compare with.
-            return msgs
+            # No weights for this block at all (e.g. a backbone checkpoint loaded into a model with
+            # inserted blocks): there is no saved configuration to compare with.
+            return []
+        name, notes = self._block_name(prefix), []
         has_router = (prefix + "fusion_router.0.weight") in state_dict
         if has_router != (self.fusion == "softmax"):
             saved = "softmax" if has_router else "sum"
-            msgs.append(f"{name}: checkpoint was saved with fusion='{saved}' but this block has fusion='{self.fusion}'")
+            notes.append(
+                (
+                    "fusion_router.",
+                    f"{name}: checkpoint was saved with fusion='{saved}' but this block has fusion='{self.fusion}'",
+                )
+            )
         has_raw, has_t = (prefix + "t_raw") in state_dict, (prefix + "T") in state_dict
         if (has_raw or has_t) and has_raw != self.learnable_temperature:
-            saved_t = "learnable (t_raw)" if has_raw else "fixed (buffer T)"
-            mine = "learnable (t_raw)" if self.learnable_temperature else "fixed (buffer T)"
-            msgs.append(f"{name}: checkpoint has a {saved_t} temperature but this block's is {mine}")
+            kinds = {True: "learnable (t_raw)", False: "fixed (buffer T)"}
+            mine = kinds[self.learnable_temperature]
+            note = f"{name}: checkpoint has a {kinds[has_raw]} temperature but this block's is {mine}"
+            notes += [("t_raw", note), ("T", note)]
         has_bias = (prefix + "fc1.bias") in state_dict
-        if (prefix + "fc1.weight") in state_dict and has_bias != self.bias:
-            msgs.append(f"{name}: checkpoint has bias={has_bias} but this block has bias={self.bias}")
-        return msgs
+        if has_bias != self.bias:
+            note = f"{name}: checkpoint has bias={has_bias} but this block has bias={self.bias}"
+            notes += [("fc1.bias", note), ("fc2.bias", note)]
+        return notes
