@@ -287,13 +287,35 @@ def test_torch_compile_fullgraph_forward_and_backward() -> None:
     assert_same(got, run(block, x, "reference"), torch.float32)
 
 
-def test_torch_export_keeps_the_op_in_the_graph() -> None:
-    block = make(dtype=torch.float32).eval()
+@pytest.mark.parametrize("impl", ["fast", "auto"])
+def test_torch_export(impl: str) -> None:
+    """impl="fast" exports the custom op; "auto" exports the portable ATen composite."""
+    block = make(dtype=torch.float32, impl=impl).eval()
     x = torch.randn(2, 16, 5, 5)
     ep = torch.export.export(block, (x,))
-    assert "cafusion.caft_forward" in ep.graph_module.code
+    assert ("cafusion.caft_forward" in ep.graph_module.code) == (impl == "fast")
     for a, b in zip(ep.module()(x), block(x), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_compiled_output_can_be_modified_in_place() -> None:
+    """The op's y is not a view of an internal tensor, so a residual ``y += identity`` works."""
+    block = make(dtype=torch.float32)
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+
+    def residual(inp: Tensor) -> Tensor:
+        y = block(inp)[0]
+        y += inp
+        return y
+
+    compiled = torch.compile(residual, fullgraph=True, backend="eager")  # the op runs with its autograd
+    compiled(x).sum().backward()
+    assert x.grad is not None
+    got = x.grad.clone()
+    x.grad = None
+    block.impl = "reference"
+    residual(x).sum().backward()
+    torch.testing.assert_close(got, x.grad)
 
 
 @pytest.mark.parametrize("fusion", ["sum", "softmax"])

@@ -130,7 +130,7 @@ def channel_attention_fusion(
             router2_weight,
             router2_bias,
         ]
-        reason = fastpath.blocker(x, weights, temperature)
+        reason = fastpath.blocker(x, weights, temperature, impl)
         if reason is None:
             return FusionOutput(*fastpath.channel_attention_fusion_fast(x, weights, temperature, fusion, gate, act))
         if impl == "fast":

@@ -1,7 +1,7 @@
 """When the fast path applies, and the call that runs it with the functional form's signature.
 
-The custom op covers torch.compile and torch.export, an autograd.Function with the same math covers
-eager mode (``eager``). Everything that needs
+The custom op covers torch.compile (and torch.export with impl="fast"), an autograd.Function with the
+same math covers eager mode (``eager``). Everything that needs
 to see the block as ordinary torch ops gets the reference composite instead: TorchScript, the
 TorchScript-based tracers and ONNX export (which cannot translate a custom op), autocast (which
 must pick each matmul's precision), and functorch transforms (vmap/grad have no rule for the op).
@@ -26,10 +26,17 @@ def _functorch_active() -> bool:
     return peek is not None and peek() is not None
 
 
-def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float) -> str | None:
-    """Why the fast path cannot run this call, or None when it can (``weights``: MLP and router tensors)."""
+def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float, impl: str = "fast") -> str | None:
+    """Why the fast path cannot (or, for impl="auto", should not) run this call; None when it runs.
+
+    ``weights``: the MLP and router tensors. Under torch.export, "auto" records the composite: an
+    exported program of plain ATen ops decomposes and runs anywhere (ExecuTorch, AOTInductor, ONNX),
+    while one holding the custom op needs cafusion at run time. impl="fast" exports the op.
+    """
     if torch.jit.is_scripting() or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
         return "TorchScript scripting/tracing is active"
+    if impl == "auto" and torch.compiler.is_exporting():
+        return "torch.export is active (impl='auto' exports the portable composite)"
     if torch.onnx.is_in_onnx_export():
         return "ONNX export is active"
     if torch.is_autocast_enabled(x.device.type):

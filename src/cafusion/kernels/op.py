@@ -36,8 +36,12 @@ def _flat(x: Tensor) -> Tensor:
 
 
 def _unflat(t3: Tensor, shape: torch.Size) -> Tensor:
-    """(B, C, N) -> (B, C, *spatial); a view whenever t3 is dense (it has x's strides or is contiguous)."""
-    return t3.reshape(shape)
+    """(B, C, N) -> (B, C, *spatial) without a copy (t3 is dense: x's strides, or contiguous).
+
+    Detached so that the result is not a *view* of the internal (B, C, N) tensor: an op output that is
+    a view cannot be modified in place afterwards (``out += identity`` in a ResNet block).
+    """
+    return t3.reshape(shape).detach()
 
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
