@@ -7,45 +7,19 @@ fusion and the temperature add. Rank-agnostic, channels first, timm-style constr
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cafusion import _validation as check
-from cafusion.layers._act import GATES, activate, broadcast, gate_fn, resolve_act, spatial_mean
+from cafusion.layers._act import broadcast, gate_fn, spatial_mean
+from cafusion.layers.se import SqueezeExcite
 
 
-class CbamChannelAttention(nn.Module):
-    """y = x * gate(mlp(mean(x)) + mlp(max(x))), the statistics taken over every dim after C."""
+class CbamChannelAttention(SqueezeExcite):
+    """y = x * gate(mlp(mean(x)) + mlp(max(x))), the statistics taken over every dim after C.
 
-    def __init__(
-        self,
-        channels: int,
-        reduction: int = 16,
-        min_hidden: int = 4,
-        act: str | None = None,
-        gate: str = "sigmoid",
-        bias: bool = True,
-        *,
-        act_layer: Any = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        self.channels = check.positive_int("channels", channels)
-        self.reduction = check.positive_int("reduction", reduction)
-        self.min_hidden = check.positive_int("min_hidden", min_hidden)
-        self.act = resolve_act(act, act_layer)
-        self.gate = check.choice("gate", gate, GATES)
-        check.boolean("bias", bias)
-        self.hidden = max(self.min_hidden, self.channels // self.reduction)
-        self.fc1 = nn.Linear(channels, self.hidden, bias=bias, device=device, dtype=dtype)
-        self.fc2 = nn.Linear(self.hidden, channels, bias=bias, device=device, dtype=dtype)
-
-    def _mlp(self, s: Tensor) -> Tensor:
-        out: Tensor = self.fc2(activate(self.fc1(s), self.act))
-        return out
+    The constructor, parameters and state_dict are SE's; only the squeeze adds the max path.
+    """
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():  # type: ignore[attr-defined]
@@ -55,6 +29,3 @@ class CbamChannelAttention(nn.Module):
         mx = flat.amax(-1).to(self.fc1.weight.dtype)
         weights = gate_fn(self._mlp(avg) + self._mlp(mx), self.gate)
         return x * broadcast(weights, x)
-
-    def extra_repr(self) -> str:
-        return f"channels={self.channels}, hidden={self.hidden}, act={self.act}, gate={self.gate}"

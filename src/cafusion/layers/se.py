@@ -44,11 +44,15 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Linear(channels, self.hidden, bias=bias, device=device, dtype=dtype)
         self.fc2 = nn.Linear(self.hidden, channels, bias=bias, device=device, dtype=dtype)
 
+    def _mlp(self, s: Tensor) -> Tensor:
+        out: Tensor = self.fc2(activate(self.fc1(s), self.act))
+        return out
+
     def forward(self, x: Tensor) -> Tensor:
         if not torch.jit.is_scripting():  # type: ignore[attr-defined]
             check.feature_map("x", x, self.channels)
         s = spatial_mean(x, self.fc1.weight.dtype)
-        weights = gate_fn(self.fc2(activate(self.fc1(s), self.act)), self.gate)
+        weights = gate_fn(self._mlp(s), self.gate)
         return x * broadcast(weights, x)
 
     def extra_repr(self) -> str:
