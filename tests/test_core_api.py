@@ -212,3 +212,21 @@ def test_output_may_be_modified_in_place(reference: ModuleType, channels_last: b
         y.square().sum().backward()
         grads.append(xin.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["sum", "softmax"])
+def test_double_backward_gradient_penalty_matches_reference_impl(fusion: str) -> None:
+    """Gradient penalties differentiate the gradient: the default fast path must support it exactly."""
+    block = ChannelAttentionFusionT(8, fusion=fusion, learnable_temperature=True, return_fusion_weights=True)
+    block = block.double()
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+    results = {}
+    for impl in ("reference", "auto"):
+        block.impl = impl
+        out = block(x)
+        loss = out[0].square().sum() + out[1].sum() + out[-1][:, 0].sum()
+        grads = torch.autograd.grad(loss, [x, *block.parameters()], create_graph=True)
+        penalty = sum(g.square().sum() for g in grads)
+        results[impl] = torch.autograd.grad(penalty, [x, *block.parameters()])
+    for ref, fast in zip(results["reference"], results["auto"], strict=True):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-10)

@@ -51,6 +51,8 @@ class FusedChannelAttention(torch.autograd.Function):
         p = small.Params(*rest[:_N_PARAMS])
         fw = small.Forward(*rest[_N_PARAMS:])
         fusion, gate, act = ctx.config
+        if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
+            return (*_differentiable_backward(x, p, fusion, gate, act, dy, g_ca, g_fw), None, None, None, None)
         need_x = bool(ctx.needs_input_grad[0])
         if dy is None:
             dy = torch.zeros_like(x)
@@ -73,3 +75,48 @@ class FusedChannelAttention(torch.autograd.Function):
         )
         grads = (g.fc1_w, g.fc1_b, g.fc2_w, g.fc2_b, g.r1_w, g.r1_b, g.r2_w, g.r2_b, g.temperature)
         return (dx, *(d if t is not None else None for d, t in zip(grads, p, strict=True)), None, None, None, None)
+
+
+def _differentiable_backward(
+    x: Tensor,
+    p: small.Params,
+    fusion: str,
+    gate: str,
+    act: str,
+    dy: Tensor | None,
+    g_ca: Tensor | None,
+    g_fw: Tensor | None,
+) -> list[Tensor | None]:
+    """Gradients of (x, *p) that autograd can differentiate again (gradient penalties, double backward).
+
+    The hand-written backward writes into preallocated buffers and has no graph of its own, so for
+    ``create_graph=True`` the reference composite is re-run on the saved inputs and differentiated by
+    autograd instead: slower, but exact and differentiable to any order.
+    """
+    from cafusion.functional.channel_attention import channel_attention_fusion
+
+    with torch.enable_grad():
+        y, ca, fusion_w = channel_attention_fusion(
+            x,
+            p.fc1_w,
+            p.fc1_b,
+            p.fc2_w,
+            p.fc2_b,
+            fusion=fusion,
+            router1_weight=p.r1_w,
+            router1_bias=p.r1_b,
+            router2_weight=p.r2_w,
+            router2_bias=p.r2_b,
+            temperature=p.temperature,
+            gate=gate,
+            act=act,
+            impl="reference",
+        )
+    pairs = [(y, dy), (ca.flatten(1), g_ca), (fusion_w, g_fw)]
+    outputs = [o for o, g in pairs if o is not None and g is not None]
+    grad_outputs = [g for o, g in pairs if o is not None and g is not None]
+    inputs = [x, *p]
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    found = torch.autograd.grad(outputs, wanted, grad_outputs, create_graph=True, allow_unused=True)
+    by_id = {id(t): g for t, g in zip(wanted, found, strict=True)}
+    return [None if t is None else by_id.get(id(t)) for t in inputs]
