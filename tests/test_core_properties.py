@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 
 import torch
@@ -52,7 +53,11 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     return x
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("CAFUSION_HYPOTHESIS_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(case=cases())
 def test_random_cases_match_reference(reference: ModuleType, case: dict) -> None:
     torch.manual_seed(case["seed"])
