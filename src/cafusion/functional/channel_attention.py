@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cafusion import _validation as check
+from cafusion._dtypes import compute_dtype
 from cafusion.kernels import IMPLS, fastpath
 
 FUSIONS = ("sum", "softmax")
@@ -27,14 +28,6 @@ class FusionOutput(NamedTuple):
     y: Tensor
     ca: Tensor
     fusion_w: Tensor | None
-
-
-def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """The dtype the small path runs in: the widest of the inputs, and never below float32."""
-    out = torch.float32
-    for dtype in dtypes:
-        out = torch.promote_types(out, dtype)
-    return out
 
 
 def squeeze(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,14 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cafusion._dtypes import compute_dtype
+
 # Elements per chunk for the product-then-sum of grad_ca: small enough that the temporary stays in
 # cache, large enough that the per-chunk Python overhead is negligible.
 _CHUNK = 1 << 20
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype statistics are kept in: float64 for float64 input, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def pool_stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -31,7 +28,7 @@ def pool_stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | N
     where AdaptiveMaxPool sends the gradient. Half-precision input is widened a few samples at a time
     into a cache-sized float32 buffer: reducing bf16 directly is ~5x slower than copying it.
     """
-    acc = acc_dtype(x3.dtype)
+    acc = compute_dtype(x3.dtype)
     if x3.dtype == acc:
         return _stats(x3, need_index)
     b = x3.shape[0]
@@ -82,7 +79,7 @@ def grad_ca(dy3: Tensor, x3: Tensor) -> Tensor:
     full-size temporary. The buffer has the inputs' dtype: a float32 ``out=`` for bf16 operands takes a
     mixed-dtype path that is >10x slower on channels_last; the sum then accumulates in float32.
     """
-    acc = acc_dtype(x3.dtype)
+    acc = compute_dtype(x3.dtype)
     b = x3.shape[0]
     out = torch.zeros(x3.shape[:2], dtype=acc, device=x3.device)
     if out.numel() == 0:

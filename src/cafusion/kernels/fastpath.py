@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cafusion._dtypes import compute_dtype
 from cafusion.kernels.eager import FusedChannelAttention
-from cafusion.kernels.op import caft_forward, compute_dtype
+from cafusion.kernels.op import caft_forward
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -67,7 +68,7 @@ def channel_attention_fusion_fast(
     fc1_weight, fc1_bias, fc2_weight, fc2_bias, router1_weight, router1_bias, router2_weight, router2_bias = weights
     assert fc1_weight is not None and fc2_weight is not None
     if not isinstance(temperature, Tensor):
-        dtype = compute_dtype(torch.float64 if x.dtype == torch.float64 else torch.float32, fc1_weight.dtype)
+        dtype = compute_dtype(x.dtype, fc1_weight.dtype)
         temperature = torch.tensor(temperature, dtype=dtype, device=x.device)
     if fusion == "sum":  # the router does not take part; its tensors must get no gradient at all
         router1_weight = router1_bias = router2_weight = router2_bias = None

@@ -18,16 +18,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cafusion._dtypes import compute_dtype
 from cafusion.kernels import small
-from cafusion.kernels.cpu import acc_dtype
 from cafusion.kernels.dispatch import backend
 
 _N_PARAMS = 9  # fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature
-
-
-def compute_dtype(stat_dtype: torch.dtype, weight_dtype: torch.dtype) -> torch.dtype:
-    """The small path's dtype: as the functional form, the wider of statistics and fc1 weight, >= float32."""
-    return torch.promote_types(torch.promote_types(torch.float32, stat_dtype), weight_dtype)
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -149,7 +144,7 @@ def _caft_forward_fake(
     need_index: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     b, c = x.shape[0], x.shape[1]
-    acc = acc_dtype(x.dtype)
+    acc = compute_dtype(x.dtype)
     dtype = compute_dtype(acc, fc1_w.dtype)
     y = _unflat(torch.empty_like(_flat(x)), x.shape)
     ca = x.new_empty((b, c))

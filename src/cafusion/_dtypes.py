@@ -1,0 +1,14 @@
+"""The one dtype rule every path shares, so the reference and fast paths cannot drift apart."""
+
+from __future__ import annotations
+
+import torch
+
+
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The widest of ``dtypes`` and never below float32: statistics of float16/bfloat16 input and the
+    small (B, C) path accumulate in float32, float64 stays float64."""
+    out = torch.float32
+    for dtype in dtypes:
+        out = torch.promote_types(out, dtype)
+    return out
