@@ -24,7 +24,7 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
-from cafusion.kernels import triton_kernels, triton_ops
+from cafusion.kernels import small, triton_kernels, triton_ops, triton_small, triton_small_kernels
 
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 H200_SMS = 132
@@ -54,7 +54,9 @@ def compiled(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Any]]]
 
         return go
 
-    jit_fns = [f for f in vars(triton_kernels).values() if isinstance(f, JITFunction)]
+    jit_fns = [
+        f for mod in (triton_kernels, triton_small_kernels) for f in vars(mod).values() if isinstance(f, JITFunction)
+    ]
     monkeypatch.setattr(JITFunction, "__getitem__", launch)
     monkeypatch.setattr(triton_ops, "_num_sms", lambda device: H200_SMS)
     monkeypatch.setattr(driver, "_active", _Sm90Driver())  # restored (to none) afterwards
@@ -151,3 +153,27 @@ def test_odd_shapes_and_layouts_compile(compiled: list[tuple[str, Any]]) -> None
     for name, kernel in compiled:
         _, spills, _ = _machine_info(kernel)
         assert spills == 0, f"{name} spills {spills} bytes"
+
+
+@pytest.mark.parametrize(
+    "fusion, gate, act, bias", [("softmax", "sigmoid", "relu", True), ("sum", "hardsigmoid", "silu", False)]
+)
+def test_small_path_compiles_without_spills(
+    compiled: list[tuple[str, Any]], fusion: str, gate: str, act: str, bias: bool
+) -> None:
+    """The fused small path (1 forward + 2 backward kernels) at the benchmark widths and an odd one."""
+    for c, h in ((256, 16), (2048, 128), (196, 13)):
+        b, r = 16, 16
+        ws = [torch.empty(h, c, 1, 1), torch.empty(h), torch.empty(c, h, 1, 1), torch.empty(c)]
+        ws += [torch.empty(r, 2 * c), torch.empty(r), torch.empty(2, r), torch.empty(2)]
+        if not bias:
+            ws[1::2] = [None] * 4
+        p = small.Params(*ws, torch.tensor(1.0))
+        stats = torch.empty(b, c)
+        fw = triton_small.forward(stats, stats, p, fusion, gate, act)
+        triton_small.backward(fw, p, stats, torch.empty(b, 2), fusion, gate, act)
+    names = [name for name, _ in compiled]
+    assert names.count("small_forward_kernel") == 3 and names.count("small_backward_weights_kernel") == 3, names
+    for name, kernel in compiled:
+        regs, spills, _ = _machine_info(kernel)
+        assert spills == 0, f"{name} spills {spills} bytes ({regs} registers)"

@@ -1,4 +1,5 @@
-"""Pick the implementation of the four big-tensor primitives for a tensor: Triton or plain PyTorch.
+"""Pick the implementation of the four big-tensor primitives, and of the small (B, C) path, for a
+tensor: Triton or plain PyTorch.
 
 Triton is imported lazily and only once; a missing or broken Triton, a CPU tensor or float64 all
 land on the PyTorch version, which gives the same results, so the choice never changes behaviour.
@@ -9,9 +10,10 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 
+import torch
 from torch import Tensor
 
-from cafusion.kernels import cpu
+from cafusion.kernels import cpu, small
 
 
 @functools.cache
@@ -30,3 +32,23 @@ def backend(x: Tensor) -> ModuleType:
     if ops is not None and ops.is_available(x):
         return ops
     return cpu
+
+
+@functools.cache
+def _triton_small() -> ModuleType | None:
+    """The fused small-path module, or None when triton cannot be imported."""
+    try:
+        from cafusion.kernels import triton_small
+    except Exception:  # ImportError, or triton failing to initialise its backend
+        return None
+    return triton_small
+
+
+def small_path(t: Tensor, dtype: torch.dtype | None = None) -> ModuleType:
+    """The module whose ``forward``/``backward`` run the small path for statistics like ``t`` in the compute
+    ``dtype`` (default ``t.dtype``): the fused Triton kernels for float32 on CUDA, ``small`` otherwise."""
+    if t.is_cuda and (dtype or t.dtype) == torch.float32:
+        mod = _triton_small()
+        if mod is not None and mod.is_available(t):
+            return mod
+    return small
