@@ -20,7 +20,7 @@ from torch import Tensor
 
 from cafusion._dtypes import compute_dtype
 from cafusion.kernels import small
-from cafusion.kernels.dispatch import backend
+from cafusion.kernels.dispatch import backend, small_path
 
 _N_PARAMS = 9  # fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature
 
@@ -57,7 +57,7 @@ def fused_forward(
     x3 = _flat(x)
     avg, mx, idx = ops.pool_stats(x3, need_index)
     dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
-    fw = small.forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
+    fw = small_path(avg, dtype).forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
     ca = _cast(fw.ca, x.dtype)
     y = _unflat(ops.scale(x3, ca), x.shape)
     return y, ca, fw.w, avg, mx, idx, fw
@@ -85,11 +85,11 @@ def fused_backward(
     x3, dy3 = _flat(x), _flat(dy)
     dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
     if fw is None:
-        fw = small.forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
+        fw = small_path(avg, dtype).forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
     d_ca = _cast(ops.grad_ca(dy3, x3), dtype)
     if g_ca is not None:
         d_ca = d_ca + _cast(g_ca.reshape(d_ca.shape), dtype)
-    g = small.backward(fw, p, d_ca, g_fusion_w, fusion, gate, act)
+    g = small_path(d_ca).backward(fw, p, d_ca, g_fusion_w, fusion, gate, act)
     if not need_x:
         return None, g
     assert idx is not None, "the forward ran without the argmax but x needs a gradient"
