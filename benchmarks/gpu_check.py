@@ -6,6 +6,9 @@
    of x (the yardstick), and forward (no grad) and forward+backward of ours, of the reference module
    and of torch.compile of the reference; ratios to the floor (forward 1.5 copies, forward+backward
    3.5 copies) and effective GB/s (the minimal traffic divided by the time).
+3. The small (B, C) path alone (MLP, router, softmax, temperature, gate and their backward): the fused
+   Triton kernels (``triton_small``) checked against ``small.py`` (float32, and float64 as the truth),
+   and both timed forward and backward as CUDA-graph replays at the benchmark widths.
 
 Usage (repo root): ``PYTHONPATH=src python benchmarks/gpu_check.py --out DIR``. The reference module is
 looked up at ``--reference``, ``.gpu/``, ``shared/seed/`` and ``../shared/seed/``. Without a GPU the
@@ -227,6 +230,95 @@ def _assert(cond: bool) -> None:
     assert cond
 
 
+SMALL_CONFIGS = [
+    (fusion, gate, act, bias)
+    for fusion in ("softmax", "sum")
+    for gate in ("sigmoid", "hardsigmoid")
+    for act in ("relu", "silu")
+    for bias in (True, False)
+]
+
+
+def _small_params(c: int, h: int, r: int, bias: bool, temp: Tensor, device: torch.device) -> Any:
+    """Random weights at PyTorch-init scale, conv-shaped (C, H, 1, 1) like the module's."""
+    from cafusion.kernels import small
+
+    def w(*shape: int) -> Tensor:
+        return torch.randn(*shape, device=device) / shape[1] ** 0.5
+
+    def b(n: int) -> Tensor | None:
+        return 0.5 * torch.randn(n, device=device) if bias else None
+
+    return small.Params(w(h, c, 1, 1), b(h), w(c, h, 1, 1), b(c), w(r, 2 * c), b(r), w(2, r), b(2), temp)
+
+
+def check_small_path(checks: Checks, device: torch.device, dry: bool) -> None:
+    """triton_small against small.py: every Forward field and every gradient.
+
+    Per-sample fields elementwise against small.py in float32 (rtol 1e-5, atol 1e-5 / min(T, 1)); every
+    field's error against small.py in float64 at most twice small.py's own (floor 1e-6 for per-sample
+    fields, 1e-5 for the batch sums, whose terms cancel; both / min(T, 1), since u = z / T scales z's
+    rounding), as tests/test_triton_small.py judges them.
+    """
+    from cafusion.kernels import dispatch, small, triton_small
+
+    if not dry:
+        probe = torch.zeros(2, 3, device=device)
+        checks.run(
+            "small_path picks triton for CUDA float32", lambda: _assert(dispatch.small_path(probe) is triton_small)
+        )
+    # Every config at one odd width; two configs at the benchmark widths and odd ones (each distinct
+    # config and width specialisation is a compile: keep the lease short).
+    cases = [(cfg, (3, 196, 13, 16)) for cfg in (SMALL_CONFIGS[::5] if dry else SMALL_CONFIGS)]
+    widths = [(16, 64, 4, 1)] if dry else [(16, 256, 16, 16), (16, 2048, 128, 16), (1, 64, 4, 16), (64, 512, 32, 16)]
+    widths += [] if dry else [(5, 100, 300, 70)]
+    cases += [(cfg, width) for cfg in (SMALL_CONFIGS[0], SMALL_CONFIGS[-3]) for width in widths]
+    per_sample = {"s", "pre", "hid", "out", "cat", "q", "w", "t", "u", "ca", "avg", "mx"}
+    for i, (config, (b, c, h, r)) in enumerate(cases):
+
+        def one(
+            config: tuple[str, str, str, bool] = config, b: int = b, c: int = c, h: int = h, r: int = r, i: int = i
+        ) -> None:
+            fusion, gate, act, bias = config
+            torch.manual_seed(b * c + h)
+            temp = torch.tensor(0.7 if i % 2 else 0.05, device=device)  # 0.05: saturated gates
+            p = _small_params(c, h, r, bias, temp, device)
+            p64 = type(p)(*(None if t is None else t.double() for t in p))
+            avg, mx = torch.randn(b, c, device=device), 2 * torch.randn(b, c, device=device)
+            if i % 3 == 2 and b > 2:
+                avg[0, 0] = float("nan")  # sample 0 turns NaN (and every batch sum); the others stay exact
+            g_ca = torch.randn(b, c, device=device)
+            g_w = torch.randn(b, 2, device=device) if fusion == "softmax" and i % 4 < 2 else None
+            f_tri = triton_small.forward(avg, mx, p, fusion, gate, act)
+            f_ref = small.forward(avg, mx, p, fusion, gate, act)
+            f_64 = small.forward(avg.double(), mx.double(), p64, fusion, gate, act)
+            g_tri = triton_small.backward(f_tri, p, g_ca, g_w, fusion, gate, act)
+            g_ref = small.backward(f_ref, p, g_ca, g_w, fusion, gate, act)
+            g64 = None if g_w is None else g_w.double()
+            g_64 = small.backward(f_64, p64, g_ca.double(), g64, fusion, gate, act)
+            atol = 1e-5 * max(1.0, 1.0 / float(temp))
+            for tri, ref, truth in ((f_tri, f_ref, f_64), (g_tri, g_ref, g_64)):
+                for name, a, r_, t in zip(ref._fields, tri, ref, truth, strict=True):
+                    if r_ is None:
+                        assert a is None, f"{name} should be None"
+                        continue
+                    assert a.shape == r_.shape and a.dtype == r_.dtype, f"{name}: {a.shape} {a.dtype}"
+                    assert torch.equal(a.isnan(), r_.isnan()), f"{name}: NaN at other positions"
+                    if name in per_sample:
+                        torch.testing.assert_close(a, r_, rtol=1e-5, atol=atol, equal_nan=True)
+                    e_tri, e_ref = _rel_err_finite(a, t), _rel_err_finite(r_, t)
+                    floor = (1e-6 if name in per_sample else 1e-5) * max(1.0, 1.0 / float(temp))
+                    assert e_tri <= max(2 * e_ref, floor), f"{name}: error {e_tri:.3g} (small.py {e_ref:.3g})"
+
+        checks.run(f"small path {config} B={b} C={c} H={h} R={r}", one)
+
+
+def _rel_err_finite(got: Tensor, truth: Tensor) -> float:
+    finite = truth.isfinite()
+    diff = got.detach().double()[finite] - truth[finite]
+    return float(diff.norm() / truth[finite].norm().clamp_min(1e-12))
+
+
 # ------------------------------------------------------------------------------------------ timing
 
 
@@ -378,6 +470,54 @@ def time_primitives(x: Tensor, dy: Tensor, timer: Timer, copy_ms: float) -> dict
     return out
 
 
+def time_small_path(timer: Timer, shapes: list[tuple[int, ...]]) -> list[dict[str, Any]]:
+    """The small path alone, forward and backward, fused Triton kernels against small.py (PyTorch ops).
+
+    Per benchmark shape: its (B, C) statistics, hidden max(4, C // 16), router hidden 16, the module's
+    defaults (softmax fusion, sigmoid, relu, biases); CUDA-graph replays on a GPU (kernel time without
+    the host's launch cost), wall clock on the CPU.
+    """
+    from cafusion.kernels import small, triton_small
+
+    device = timer.device
+    rows: list[dict[str, Any]] = []
+    for shape in shapes:
+        b, c = shape[0], shape[1]
+        h = max(4, c // 16)
+        torch.manual_seed(0)
+        p = _small_params(c, h, 16, True, torch.tensor(1.0, device=device), device)
+        avg, mx = torch.randn(b, c, device=device), torch.randn(b, c, device=device)
+        g_ca, g_w = torch.randn(b, c, device=device), torch.randn(b, 2, device=device)
+        row: dict[str, Any] = {"shape": list(shape), "B": b, "C": c, "H": h, "R": 16}
+        args = (avg, mx, p, g_ca, g_w)
+        for name, mod in (("torch", small), ("triton", triton_small)):
+            fw = mod.forward(avg, mx, p, "softmax", "sigmoid", "relu")
+
+            def fwd(mod: Any = mod, a: tuple[Any, ...] = args) -> object:
+                return mod.forward(a[0], a[1], a[2], "softmax", "sigmoid", "relu")
+
+            def bwd(mod: Any = mod, fw: Any = fw, a: tuple[Any, ...] = args) -> object:
+                return mod.backward(fw, a[2], a[3], a[4], "softmax", "sigmoid", "relu")
+
+            for what, fn in (("fwd", fwd), ("bwd", bwd)):
+                row[f"small_{name}_{what}_ms"] = timer(graphed(fn, [])) if device.type == "cuda" else timer(fn)
+        rows.append(row)
+        print(
+            f"  small path {shape}: " + ", ".join(f"{k} {v * 1e3:.1f} us" for k, v in row.items() if k.endswith("_ms"))
+        )
+    return rows
+
+
+def small_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| shape | B | C | H | torch fwd us | triton fwd us | torch bwd us | triton bwd us |"]
+    lines.append("|" + " --- |" * 8)
+    for r in rows:
+        cells = [str(tuple(r["shape"])), str(r["B"]), str(r["C"]), str(r["H"])]
+        cells += [f"{r[f'small_{who}_{what}_ms'] * 1e3:.1f}" for what in ("fwd", "bwd") for who in ("torch", "triton")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 SWEEP_SHAPES = [(16, 256, 56, 56), (16, 1024, 14, 14), (16, 2048, 7, 7)]
 
 
@@ -464,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-bench", action="store_true", help="only check correctness")
     parser.add_argument("--sweep", action="store_true", help="also time each pass under several launch plans")
     parser.add_argument("--dry-run", action="store_true", help="CPU + TRITON_INTERPRET=1: exercise the script itself")
+    parser.add_argument("--small-path-only", action="store_true", help="only check and time the small (B, C) path")
     args = parser.parse_args(argv)
 
     if args.dry_run:
@@ -505,12 +646,22 @@ def main(argv: list[str] | None = None) -> int:
     checks = Checks()
     if not args.skip_checks:
         t0 = time.time()
-        if not args.block_checks_only:
+        if not (args.block_checks_only or args.small_path_only):
             check_primitives(checks, device, args.dry_run)
-        check_block(checks, device, args.dry_run)
+        if not args.small_path_only:
+            check_block(checks, device, args.dry_run)
+        check_small_path(checks, device, args.dry_run)
         n_fail = len(checks.failed)
         print(f"correctness: {len(checks.results) - n_fail}/{len(checks.results)} passed ({time.time() - t0:.0f} s)")
         report["checks"] = checks.results
+
+    if not args.skip_bench or args.small_path_only:
+        timer = Timer(device, 3 if args.dry_run else args.reps)
+        report["small_path"] = time_small_path(timer, DRY_SHAPES if args.dry_run else SHAPES)
+        print(small_table(report["small_path"]))
+        _write(out, report, [])
+    if args.small_path_only:
+        return 1 if checks.failed else 0
 
     if args.sweep:
         report["sweep"] = sweep(Timer(device, 3 if args.dry_run else 10), started + args.deadline_s / 2)
@@ -549,7 +700,8 @@ def main(argv: list[str] | None = None) -> int:
 def _write(out: Path | None, report: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     if out is not None:
         (out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-        (out / "gpu_check.md").write_text(table(rows) + "\n")
+        small = small_table(report["small_path"]) + "\n\n" if report.get("small_path") else ""
+        (out / "gpu_check.md").write_text(small + table(rows) + "\n")
 
 
 if __name__ == "__main__":
