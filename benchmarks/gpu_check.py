@@ -467,6 +467,15 @@ def time_primitives(x: Tensor, dy: Tensor, timer: Timer, copy_ms: float) -> dict
         ms = timer(graphed(fn, [])) if x.is_cuda else timer(fn)
         out[f"prim_{name}_ms"] = ms
         out[f"prim_{name}_floor_x"] = ms / (copies * copy_ms)
+    plain = T._PLAIN_MAX
+    try:  # the previous no-index max (compare-and-select, as with the index), for comparison
+        T._PLAIN_MAX = not plain
+        fn = passes["pool_stats_noidx"][0]
+        ms = timer(graphed(fn, [])) if x.is_cuda else timer(fn)
+    finally:
+        T._PLAIN_MAX = plain
+    out["prim_pool_stats_noidx_alt_ms"] = ms
+    out["prim_pool_stats_noidx_alt_floor_x"] = ms / (0.5 * copy_ms)
     return out
 
 
@@ -574,7 +583,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     prims = [r for r in rows if "prim_scale_ms" in r]
     if prims:
-        names = ["pool_stats_noidx", "pool_stats", "scale", "grad_ca", "grad_input"]
+        names = ["pool_stats_noidx", "pool_stats_noidx_alt", "pool_stats", "scale", "grad_ca", "grad_input"]
+        names = [n for n in names if f"prim_{n}_ms" in prims[0]]
         lines += ["", "| shape | dtype | layout |" + "".join(f" {p} us (x floor) |" for p in names)]
         lines.append("|" + " --- |" * (3 + len(names)))
         for r in prims:

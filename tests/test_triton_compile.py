@@ -177,3 +177,11 @@ def test_small_path_compiles_without_spills(
     for name, kernel in compiled:
         regs, spills, _ = _machine_info(kernel)
         assert spills == 0, f"{name} spills {spills} bytes ({regs} registers)"
+
+
+def test_pool_stats_without_index_uses_a_nan_propagating_max(compiled: list[tuple[str, Any]]) -> None:
+    """The plain variant's running max must keep NaN on the GPU (max.NaN); the interpreter cannot tell."""
+    triton_ops.pool_stats(torch.empty(16, 256, 56, 56).flatten(2), False)
+    ptx = [kernel.asm["ptx"] for name, kernel in compiled if name == "reduce_kernel"]
+    assert len(ptx) == 1 and "max.NaN.f32" in ptx[0], "no NaN-propagating max in the no-index reduction"
+    assert _machine_info(compiled[0][1])[1] == 0, "spills"

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from cafusion.kernels import dispatch, small
 
-GROUPS = ("configs", "shapes", "edges", "block", "gpu_check")
+GROUPS = ("configs", "shapes", "edges", "block", "gpu_check", "plain_max")
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -305,7 +305,32 @@ def check_gpu_check_script() -> int:
     return len(names)
 
 
+def check_plain_max() -> int:
+    """pool_stats without the index, both variants of its running max (triton_ops._PLAIN_MAX), against torch:
+    NaN wins (also after an inf, and across the split of N), -inf rows, contiguous and channels_last."""
+    from cafusion.kernels import triton_ops as T
+
+    count = 0
+    for plain in (True, False):
+        T._PLAIN_MAX = plain
+        for shape in [(2, 5, 7), (1, 3, 1100), (2, 130, 20)]:  # (1, 3, 1100) splits N across programs
+            base = torch.randn(shape)
+            base[0, 1, shape[2] // 3] = float("inf")
+            base[0, 1, shape[2] // 2] = float("nan")
+            base[-1, 0, -1] = float("nan")
+            base[0, 0] = float("-inf")
+            for x in (base, base.transpose(1, 2).contiguous().transpose(1, 2)):
+                avg, mx, idx = T.pool_stats(x, False)
+                assert idx is None
+                torch.testing.assert_close(mx, x.amax(2), rtol=0, atol=0, equal_nan=True)
+                torch.testing.assert_close(avg, x.mean(2), rtol=1e-5, atol=1e-5, equal_nan=True)
+                count += 1
+    T._PLAIN_MAX = True
+    return count
+
+
 CHECKS: dict[str, Callable[[], int]] = {
+    "plain_max": check_plain_max,
     "configs": check_configs,
     "shapes": check_shapes,
     "edges": check_edges,

@@ -81,8 +81,12 @@ def reduce_kernel(
     NEED_IDX: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    PLAIN_MAX: tl.constexpr = False,
 ):
     """Per (b, c): sum over a chunk of N of a (or a*b when PRODUCT), and max/first argmax of a.
+
+    PLAIN_MAX (without NEED_IDX): the running max is one NaN-propagating maximum per element instead
+    of the compare-and-select that also serves the argmax; the results are the same.
 
     Results go to (splits, rows) buffers at [split, b*C + c]; the sum is multiplied by sum_scale
     (1/N when there is a single split, so that the buffer is already the mean).
@@ -116,11 +120,14 @@ def reduce_kernel(
             acc_sum += v
         if NEED_MAX:
             key = tl.where(m, v, float("-inf"))
-            # Strictly greater keeps the first maximal position; a NaN takes the lane and stays.
-            upd = ((key > acc_max) | (key != key)) & (acc_max == acc_max)
-            acc_max = tl.where(upd, key, acc_max)
-            if NEED_IDX:
-                acc_idx = tl.where(upd, n[None, :], acc_idx)
+            if PLAIN_MAX and not NEED_IDX:
+                acc_max = tl.maximum(acc_max, key, propagate_nan=tl.PropagateNan.ALL)
+            else:
+                # Strictly greater keeps the first maximal position; a NaN takes the lane and stays.
+                upd = ((key > acc_max) | (key != key)) & (acc_max == acc_max)
+                acc_max = tl.where(upd, key, acc_max)
+                if NEED_IDX:
+                    acc_idx = tl.where(upd, n[None, :], acc_idx)
 
     out = s.to(tl.int64) * rows + bi * C + c64
     tl.store(sum_ptr + out, tl.sum(acc_sum, axis=1) * sum_scale, mask=c_ok)

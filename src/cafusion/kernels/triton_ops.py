@@ -29,6 +29,9 @@ _REDUCE_TILE = 2048
 _MAX_SPLITS = 64
 _PROGRAMS_PER_SM = 4  # reductions split N until about this many programs per SM run
 _FLAT_MAX_N = 1 << 16
+# pool_stats without the index: a plain NaN-propagating running max (fewer instructions per element)
+# instead of the argmax bookkeeping; False selects the previous variant (benchmarks/gpu_check.py times both).
+_PLAIN_MAX = True
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -199,6 +202,7 @@ def _reduce(
             NEED_IDX=need_index,
             BLOCK_C=block_c,
             BLOCK_N=block_n,
+            PLAIN_MAX=_PLAIN_MAX,
             num_warps=warps,
         )
         if splits > 1:
