@@ -269,8 +269,10 @@ def check_small_path(checks: Checks, device: torch.device, dry: bool) -> None:
         )
     # Every config at one odd width; two configs at the benchmark widths and odd ones (each distinct
     # config and width specialisation is a compile: keep the lease short).
-    cases = [(cfg, (3, 196, 13, 16)) for cfg in (SMALL_CONFIGS[::5] if dry else SMALL_CONFIGS)]
-    widths = [(16, 64, 4, 1)] if dry else [(16, 256, 16, 16), (16, 2048, 128, 16), (1, 64, 4, 16), (64, 512, 32, 16)]
+    cases = [
+        (cfg, (3, 49, 13, 16) if dry else (3, 196, 13, 16)) for cfg in (SMALL_CONFIGS[::5] if dry else SMALL_CONFIGS)
+    ]
+    widths = [(16, 20, 4, 1)] if dry else [(16, 256, 16, 16), (16, 2048, 128, 16), (1, 64, 4, 16), (64, 512, 32, 16)]
     widths += [] if dry else [(5, 100, 300, 70)]
     cases += [(cfg, width) for cfg in (SMALL_CONFIGS[0], SMALL_CONFIGS[-3]) for width in widths]
     per_sample = {"s", "pre", "hid", "out", "cat", "q", "w", "t", "u", "ca", "avg", "mx"}
