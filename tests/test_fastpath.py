@@ -91,7 +91,8 @@ def test_every_configuration_matches_reference_float64(cfg: dict[str, Any]) -> N
 @pytest.mark.parametrize("cfg", CONFIGS[::3], ids=lambda c: "-".join(f"{k[:5]}={v}" for k, v in c.items()))
 def test_configurations_match_reference_float32(cfg: dict[str, Any]) -> None:
     """Outputs and dx within rtol 1e-5/atol 1e-6; parameter gradients (sums over batch and space, where
-    float32 rounding alone moves both paths by ~1e-6) no further from float64 truth than the reference."""
+    float32 rounding alone moves both paths by ~1e-6) no further from float64 truth than the reference,
+    give or take a few float32 ulps of the gradient's magnitude (the two sum in different orders)."""
     block = make(dtype=torch.float32, **cfg)
     x = torch.randn(4, 16, 7, 7)
     fast, ref = run(block, x, "fast"), run(block, x, "reference")
@@ -100,7 +101,8 @@ def test_configurations_match_reference_float32(cfg: dict[str, Any]) -> None:
         if name.startswith("grad_") and name != "grad_x":
             err_fast = (fast[name].double() - truth[name]).abs().max()
             err_ref = (ref[name].double() - truth[name]).abs().max()
-            assert err_fast <= 2 * err_ref + 1e-6, (name, float(err_fast), float(err_ref))
+            ulp = torch.finfo(torch.float32).eps * truth[name].abs().max()  # float32 spacing at the gradient's size
+            assert err_fast <= 2 * err_ref + 1e-6 + 4 * ulp, (name, float(err_fast), float(err_ref))
         else:
             torch.testing.assert_close(fast[name], ref[name], rtol=1e-5, atol=1e-6)
 

@@ -209,9 +209,10 @@ def check_edges(t: object) -> int:
 def check_block(t: object) -> int:
     """The whole block with the fast path forced onto these kernels, against the reference path."""
     from cafusion import ChannelAttentionFusionT
-    from cafusion.kernels import op, triton_ops
+    from cafusion.kernels import native, op, triton_ops
 
     op.backend = lambda x: triton_ops  # type: ignore[assignment]  # CPU tensors would get the torch path
+    native.for_tensor = lambda x3: None  # type: ignore[assignment]  # ... or the C++ kernels
     configs = [
         {"fusion": "softmax", "gate": "sigmoid", "act": "relu"},
         {"fusion": "sum", "gate": "hardsigmoid", "act": "silu", "learnable_temperature": True, "temperature": 0.7},

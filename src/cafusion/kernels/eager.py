@@ -49,7 +49,7 @@ class FusedChannelAttention(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor | None, g_ca: Tensor | None, g_fw: Tensor | None) -> tuple[Any, ...]:
         x, avg, mx, idx, *rest = ctx.saved_tensors
         p = small.Params(*rest[:_N_PARAMS])
-        fw = small.Forward(*rest[_N_PARAMS:])
+        fw = rest[_N_PARAMS:]
         fusion, gate, act = ctx.config
         if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
             return (*_differentiable_backward(x, p, fusion, gate, act, dy, g_ca, g_fw), None, None, None, None)

@@ -13,16 +13,18 @@ inputs and outputs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from cafusion._dtypes import compute_dtype
-from cafusion.kernels import small
+from cafusion.kernels import native, small
 from cafusion.kernels.dispatch import backend, small_path
 
 _N_PARAMS = 9  # fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature
+State = Sequence[Tensor | None]  # the small path's saved intermediates, as fused_forward returns them
 
 
 def _flat(x: Tensor) -> Tensor:
@@ -51,10 +53,19 @@ def _nothing(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
 
 def fused_forward(
     x: Tensor, p: small.Params, fusion: str, gate: str, act: str, need_index: bool
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor | None, small.Forward]:
-    """The forward math: (y, ca (B, C) in x.dtype, fusion_w, avg, max, argmax or None, small-path state)."""
-    ops = backend(x)
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor | None, State]:
+    """The forward math: (y, ca (B, C) in x.dtype, fusion_w, avg, max, argmax or None, small-path state).
+
+    The state is what ``fused_backward`` takes back: ``small.Forward`` from the PyTorch small path, the
+    CPU kernels' own list otherwise (possibly empty: they recompute a small problem's small path).
+    """
     x3 = _flat(x)
+    lib = native.for_tensor(x3)
+    if lib is not None:  # the CPU kernels: the whole forward in one call
+        flags = (fusion == "softmax", gate == "hardsigmoid", act == "silu")
+        y3, ca, fusion_w, avg, mx, idx, *state = lib.forward(x3, list(p), *flags, need_index)
+        return _unflat(y3, x.shape), ca, fusion_w, avg, mx, idx, state
+    ops = backend(x)
     avg, mx, idx = ops.pool_stats(x3, need_index)
     dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
     fw = small_path(avg, dtype).forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
@@ -78,14 +89,23 @@ def fused_backward(
     gate: str,
     act: str,
     need_x: bool,
-    fw: small.Forward | None = None,
+    fw: State | None = None,
 ) -> tuple[Tensor | None, small.Grads]:
     """The backward math: (dx or None, gradients of the parameters); ``fw`` None recomputes the small path."""
-    ops = backend(x)
     x3, dy3 = _flat(x), _flat(dy)
+    lib = native.for_tensor(x3)
+    if lib is not None:  # the CPU kernels: the whole backward in one call
+        flags = (fusion == "softmax", gate == "hardsigmoid", act == "silu")
+        state = [] if fw is None else list(fw)  # empty: the kernels recompute the small path
+        dy3 = native.like(dy3, x3)
+        dx3, *grads = lib.backward(dy3, g_ca, g_fusion_w, g_avg, g_mx, x3, avg, mx, idx, list(p), state, *flags, need_x)
+        return (None if dx3 is None else _unflat(dx3, x.shape)), small.Grads(*grads)
+    ops = backend(x)
     dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
     if fw is None:
         fw = small_path(avg, dtype).forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
+    elif not isinstance(fw, small.Forward):  # saved by autograd as a plain tuple
+        fw = small.Forward(*fw)  # type: ignore[arg-type]
     d_ca = _cast(ops.grad_ca(dy3, x3), dtype)
     if g_ca is not None:
         d_ca = d_ca + _cast(g_ca.reshape(d_ca.shape), dtype)
@@ -96,6 +116,7 @@ def fused_backward(
     d_avg = g.avg if g_avg is None else g.avg + _cast(g_avg, dtype)
     d_mx = g.mx if g_mx is None else g.mx + _cast(g_mx, dtype)
     n = x3.shape[2]
+    assert isinstance(fw, small.Forward)
     dx3 = ops.grad_input(dy3, _cast(fw.ca, x.dtype), _cast(d_avg / n, avg.dtype), _cast(d_mx, avg.dtype), idx)
     return _unflat(dx3, x.shape), g
 

@@ -1,0 +1,136 @@
+"""The C++ CPU kernels (``caft_cpu.cpp``): compiled on first use, cached, and optional.
+
+They are built with ``torch.utils.cpp_extension.load`` against the installed torch, for this machine's
+CPU (``-march=native``), into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``). The cache key covers the source, the flags, the torch version and the
+CPU, so an upgrade or another machine rebuilds instead of loading a stale or illegal binary. Building
+takes about 30-60 s once; ``python -m cafusion build-native`` does it ahead of time.
+
+Without a C++ compiler or ninja, or with ``CAFUSION_NATIVE=0``, ``library()`` is None and the fast
+path runs its PyTorch primitives (``kernels/cpu.py``): the same results, only slower. A failed build
+warns once and never raises into the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+_DIR = Path(__file__).parent
+_SOURCE = _DIR / "caft_cpu.cpp"  # includes the headers beside it
+_CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_MAX_N = 2**31 - 1  # lane indices are int32
+ENV = "CAFUSION_NATIVE"
+
+log = logging.getLogger(__name__)
+
+
+def enabled() -> bool:
+    """False when the user switched the native kernels off (``CAFUSION_NATIVE=0``)."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_id() -> str:
+    """What ``-march=native`` compiles for: the CPU's feature flags (Linux), else the platform string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_name() -> str:
+    """The extension's cache name: changes whenever the binary would."""
+    code = [f.read_text() for f in sorted(_DIR.glob("*.[ch]*")) if f.suffix in (".cpp", ".h")]
+    key = "\n".join([*code, " ".join(_CFLAGS + _LDFLAGS), torch.__version__, _cpu_id()])
+    return "cafusion_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def build(verbose: bool = False) -> ModuleType:
+    """Compile (or load from the cache) and import the extension; raises when it cannot be built."""
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its import warns about CUDA_HOME on machines without CUDA: irrelevant here
+    try:
+        from torch.utils.cpp_extension import load
+    finally:
+        quiet.setLevel(level)
+    _find_ninja()
+    log.info("cafusion: loading the native CPU kernels (compiling them the first time takes ~30-60 s)")
+    module: ModuleType = load(
+        name=build_name(),
+        sources=[str(_SOURCE)],
+        extra_cflags=_CFLAGS,
+        extra_ldflags=_LDFLAGS,
+        verbose=verbose,
+    )
+    return module
+
+
+def _find_ninja() -> None:
+    """torch runs ``ninja`` from PATH; the PyPI ``ninja`` package (the ``native`` extra) sits in the
+    environment's bin folder, which is not on PATH when a venv's python is called directly."""
+    if shutil.which("ninja") is not None:
+        return
+    try:
+        import ninja  # type: ignore[import-untyped]
+    except ImportError:
+        return
+    os.environ["PATH"] = str(ninja.BIN_DIR) + os.pathsep + os.environ.get("PATH", "")
+
+
+@functools.cache
+def library() -> ModuleType | None:
+    """The compiled kernels, or None when switched off or not buildable here (warned once)."""
+    if not enabled():
+        return None
+    try:
+        return build()
+    except Exception as exc:  # no compiler, no ninja, a failing build: the PyTorch path still works
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        warnings.warn(
+            f"cafusion: the native CPU kernels could not be built ({first}); the fast path uses its PyTorch "
+            f"primitives instead (set {ENV}=0 to skip the attempt)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
+def layout_ok(t3: Tensor) -> bool:
+    """Whether the kernels take this (B, C, N) view: unit stride along N, or dense channels_last."""
+    b, c, n = t3.shape
+    if n > _MAX_N:
+        return False
+    if t3.stride(2) == 1 or n == 1:
+        return True
+    return t3.stride(1) == 1 and t3.stride(2) == c and (b == 1 or t3.stride(0) == c * n)
+
+
+def for_tensor(x3: Tensor) -> ModuleType | None:
+    """The kernels if they apply to ``x3`` (a CPU float tensor in a layout they take), else None."""
+    if x3.device.type != "cpu" or x3.dtype not in _DTYPES or not layout_ok(x3):
+        return None
+    return library()
+
+
+def like(dy3: Tensor, x3: Tensor) -> Tensor:
+    """dy in a layout the kernels take together with x (autograd may hand over any strides: an
+    expanded scalar for ``y.sum().backward()``, a contiguous gradient for channels_last y)."""
+    if layout_ok(dy3) and (dy3.stride(2) == 1 or dy3.shape[2] == 1) == (x3.stride(2) == 1 or x3.shape[2] == 1):
+        return dy3
+    return torch.empty_like(x3).copy_(dy3)

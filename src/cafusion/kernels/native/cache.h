@@ -1,0 +1,106 @@
+// Output buffers of the CPU kernels, reused across calls.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <list>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+namespace cafusion {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+// A fresh 50 MB tensor costs about as much as a copy of it again in page faults and
+// kernel zeroing (PyTorch's CPU allocator returns big blocks to the OS on free), which is as much as
+// the pass that fills it. y and dx come back with the same sizes every training step, so the block
+// keeps its freed output buffers in a bounded cache, as PyTorch's CUDA allocator does on the GPU.
+
+class BufferCache {
+ public:
+  static BufferCache& get() {
+    static BufferCache* cache = new BufferCache();  // never destroyed: tensors may be freed at exit
+    return *cache;
+  }
+
+  void* take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = free_.begin(); it != free_.end(); ++it) {
+        if (it->first == bytes) {
+          void* p = it->second;
+          held_ -= bytes;
+          free_.erase(it);
+          return p;
+        }
+      }
+    }
+    void* p = nullptr;
+    TORCH_CHECK(posix_memalign(&p, kAlign, bytes) == 0 && p != nullptr, "cafusion: out of memory allocating ",
+                bytes, " bytes");
+    return p;
+  }
+
+  void give(void* p, size_t bytes) {
+    std::vector<void*> evicted;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      free_.emplace_front(bytes, p);  // most recent first; the oldest go when over the limit
+      held_ += bytes;
+      evict_locked(evicted);
+    }
+    for (void* q : evicted) std::free(q);
+  }
+
+  // Sets the limit (bytes; 0 turns the cache off) and frees what no longer fits; returns the bytes held.
+  size_t set_limit(size_t bytes) {
+    std::vector<void*> evicted;
+    size_t held = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      limit_ = bytes;
+      evict_locked(evicted);
+      held = held_;
+    }
+    for (void* q : evicted) std::free(q);
+    return held;
+  }
+  size_t held() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return held_;
+  }
+  size_t limit() const { return limit_; }
+
+ private:
+  static constexpr size_t kAlign = 64;
+  void evict_locked(std::vector<void*>& evicted) {
+    while (held_ > limit_) {
+      held_ -= free_.back().first;
+      evicted.push_back(free_.back().second);
+      free_.pop_back();
+    }
+  }
+  std::mutex mu_;
+  std::list<std::pair<size_t, void*>> free_;
+  size_t held_ = 0;
+  std::atomic<size_t> limit_{size_t(1) << 30};
+};
+
+constexpr int64_t kCacheMin = int64_t(1) << 20;  // bytes; smaller outputs are cheap to allocate anyway
+
+// An uninitialised tensor with t's sizes and strides (t dense), from the cache when it is big.
+inline Tensor empty_like_cached(const Tensor& t) {
+  const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+  const bool dense = t.is_non_overlapping_and_dense();
+  BufferCache& cache = BufferCache::get();
+  if (!dense || bytes < kCacheMin || static_cast<size_t>(bytes) > cache.limit()) return at::empty_like(t);
+  void* p = cache.take(static_cast<size_t>(bytes));
+  const size_t n = static_cast<size_t>(bytes);
+  return at::from_blob(p, t.sizes(), t.strides(), [n](void* q) { BufferCache::get().give(q, n); }, t.options());
+}
+
+}  // namespace cafusion

@@ -1,0 +1,54 @@
+// What every part of the CPU kernels shares: accumulation types, the dtype rule, casts.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+namespace cafusion {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+// float for float/bfloat16/half data, double for double.
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccOf<T>::type;
+
+// cafusion._dtypes.compute_dtype: never below float32, float64 stays float64.
+inline at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b) {
+  return at::promote_types(at::promote_types(at::kFloat, a), b);
+}
+
+
+#define CAFUSION_DISPATCH(dtype, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, NAME, __VA_ARGS__)
+
+
+inline Tensor cast(const Tensor& t, at::ScalarType dtype) { return t.scalar_type() == dtype ? t : t.to(dtype); }
+
+constexpr double kOneSixth = static_cast<double>(1.0f / 6.0f);  // torch's hardsigmoid_backward constant
+
+// The block's parameters as the Python side passes them (a list of 9, absent ones None).
+struct Params {
+  Tensor fc1_w;
+  OptTensor fc1_b;
+  Tensor fc2_w;
+  OptTensor fc2_b;
+  OptTensor r1_w, r1_b, r2_w, r2_b;
+  Tensor temperature;
+};
+
+inline Params params_of(const std::vector<OptTensor>& ps) {
+  TORCH_CHECK(ps.size() == 9, "cafusion native: expected 9 parameters, got ", ps.size());
+  return {*ps[0], ps[1], *ps[2], ps[3], ps[4], ps[5], ps[6], ps[7], *ps[8]};
+}
+
+}  // namespace cafusion

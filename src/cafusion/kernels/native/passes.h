@@ -1,0 +1,395 @@
+// The four big-tensor passes of the block on (B, C, N) views: one loop over memory each.
+//
+// Each works on a view whose spatial (contiguous maps) or channel (channels_last) stride is 1; per-lane
+// accumulators let the compiler vectorise the reductions, and float partial sums are flushed into a
+// double every kBlock elements so that long rows keep float64-like accuracy.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "cache.h"
+#include "common.h"
+
+namespace cafusion {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+constexpr int64_t kLanes = 16;    // independent accumulators per row: one AVX-512 register of floats
+constexpr int64_t kBlock = 1024;  // float partial sums are flushed into a double this often (accuracy)
+constexpr int64_t kChunk = 256;   // channels per task for channels_last maps (stack-sized accumulators)
+constexpr int64_t kGrain = 1 << 15;  // elements per parallel task: below this, one thread does it all
+
+struct View {
+  int64_t b, c, n;  // strides of a (B, C, N) tensor, in elements
+};
+
+inline View view_of(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+// True when the (B, C, N) tensor's rows along N are unit-stride (contiguous maps), false when its
+// channels are (channels_last). The Python side only sends tensors of one of the two kinds.
+inline bool rows_layout(const Tensor& t) {
+  if (t.stride(2) == 1 || t.size(2) == 1) return true;
+  TORCH_CHECK(t.stride(1) == 1 || t.size(1) == 1, "cafusion native: (B, C, N) needs a unit stride along C or N");
+  return false;
+}
+
+inline void check_same_layout(const Tensor& a, const Tensor& b) {
+  TORCH_CHECK(rows_layout(a) == rows_layout(b), "cafusion native: tensors of different layouts");
+}
+
+// The running (max, first index) of one lane: a NaN wins over every number and stays; among equal
+// maxima the earliest position stays (strict >), which is where AdaptiveMaxPool sends the gradient.
+template <typename A>
+inline bool takes_over(A v, A m) {
+  return v > m || (v != v && m == m);
+}
+
+// Combine per-lane (max, index) pairs into the row's (max, first index).
+template <typename A>
+inline void merge(A& m, int64_t& i, A m2, int64_t i2) {
+  const bool nan1 = m != m, nan2 = m2 != m2;
+  if (nan1 || nan2) {
+    if (nan2 && (!nan1 || i2 < i)) {
+      m = m2;
+      i = i2;
+    }
+    return;
+  }
+  if (m2 > m || (m2 == m && i2 < i)) {
+    m = m2;
+    i = i2;
+  }
+}
+
+
+// ---------------------------------------------------------------------------------------------------
+// pool_stats: per (b, c) the mean and the max over N, and the first argmax when kIndex.
+
+template <typename T, bool kIndex>
+void pool_row(const T* p, int64_t n, acc_t<T>* avg, acc_t<T>* mx, int64_t* idx) {
+  using A = acc_t<T>;
+  A s[kLanes], m[kLanes];
+  int32_t ix[kLanes];
+  for (int64_t l = 0; l < kLanes; ++l) {
+    s[l] = 0;
+    m[l] = -std::numeric_limits<A>::infinity();
+    ix[l] = static_cast<int32_t>(l);
+  }
+  double total = 0;
+  int64_t k = 0;
+  const int64_t full = n - n % kLanes;
+  while (k < full) {
+    const int64_t stop = std::min(full, k + kBlock);
+    for (; k < stop; k += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const A v = static_cast<A>(p[k + l]);
+        s[l] += v;
+        const bool take = takes_over(v, m[l]);
+        m[l] = take ? v : m[l];
+        if (kIndex) ix[l] = take ? static_cast<int32_t>(k + l) : ix[l];
+      }
+    }
+    for (int64_t l = 0; l < kLanes; ++l) {
+      total += s[l];
+      s[l] = 0;
+    }
+  }
+  for (int64_t l = 0; k < n; ++k, ++l) {  // the tail, in the first lanes
+    const A v = static_cast<A>(p[k]);
+    total += v;
+    if (takes_over(v, m[l])) {
+      m[l] = v;
+      ix[l] = static_cast<int32_t>(k);
+    }
+  }
+  A best = m[0];
+  int64_t at = ix[0];
+  for (int64_t l = 1; l < kLanes; ++l) merge<A>(best, at, m[l], ix[l]);
+  // a lane that saw only -inf (or nothing) keeps its own lane number; for an all -inf row that gives
+  // position 0, as torch does, and otherwise such a lane never wins the merge.
+  *avg = static_cast<A>(total / static_cast<double>(n));
+  *mx = best;
+  if (kIndex) *idx = at;
+}
+
+// channels_last: one task owns a sample and a chunk of <= kChunk channels and walks N.
+template <typename T, bool kIndex>
+void pool_chunk(const T* base, View v, int64_t width, int64_t n, acc_t<T>* avg, acc_t<T>* mx, int64_t* idx) {
+  using A = acc_t<T>;
+  A s[kChunk], m[kChunk];
+  double total[kChunk];
+  int32_t ix[kChunk];
+  for (int64_t c = 0; c < width; ++c) {
+    s[c] = 0;
+    total[c] = 0;
+    m[c] = -std::numeric_limits<A>::infinity();
+    ix[c] = 0;
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    const T* row = base + k * v.n;
+    const int32_t pos = static_cast<int32_t>(k);
+    for (int64_t c = 0; c < width; ++c) {
+      const A x = static_cast<A>(row[c]);
+      s[c] += x;
+      const bool take = takes_over(x, m[c]);
+      m[c] = take ? x : m[c];
+      if (kIndex) ix[c] = take ? pos : ix[c];
+    }
+    if ((k + 1) % kBlock == 0 || k + 1 == n) {
+      for (int64_t c = 0; c < width; ++c) {
+        total[c] += s[c];
+        s[c] = 0;
+      }
+    }
+  }
+  for (int64_t c = 0; c < width; ++c) {
+    avg[c] = static_cast<A>(total[c] / static_cast<double>(n));
+    mx[c] = m[c];
+    if (kIndex) idx[c] = ix[c];
+  }
+}
+
+// Tasks for channels_last passes: (sample, chunk of channels) pairs.
+struct Chunks {
+  int64_t per_sample, count;
+};
+inline Chunks chunks_of(int64_t b, int64_t c) {
+  const int64_t per = (c + kChunk - 1) / kChunk;
+  return {per, b * per};
+}
+
+inline int64_t grain_rows(int64_t n) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, n)); }
+
+template <typename T, bool kIndex>
+void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
+  using A = acc_t<T>;
+  const int64_t B = x3.size(0), C = x3.size(1), N = x3.size(2);
+  const View v = view_of(x3);
+  const T* x = x3.data_ptr<T>();
+  A* pa = avg.data_ptr<A>();
+  A* pm = mx.data_ptr<A>();
+  int64_t* pi = kIndex ? idx.data_ptr<int64_t>() : nullptr;
+  if (rows_layout(x3)) {
+    at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t b = r / C, c = r % C;
+        pool_row<T, kIndex>(x + b * v.b + c * v.c, N, pa + r, pm + r, kIndex ? pi + r : nullptr);
+      }
+    });
+    return;
+  }
+  const Chunks ch = chunks_of(B, C);
+  at::parallel_for(0, ch.count, grain_rows(N * std::min(C, kChunk)), [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t b = t / ch.per_sample, c0 = (t % ch.per_sample) * kChunk;
+      const int64_t o = b * C + c0;
+      pool_chunk<T, kIndex>(x + b * v.b + c0 * v.c, v, std::min(kChunk, C - c0), N, pa + o, pm + o,
+                            kIndex ? pi + o : nullptr);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// scale: y = x * ca (ca already in x's dtype, so the product rounds exactly as torch.mul's).
+
+template <typename T>
+void scale_impl(const Tensor& x3, const Tensor& ca, Tensor& y3) {
+  using A = acc_t<T>;
+  const int64_t B = x3.size(0), C = x3.size(1), N = x3.size(2);
+  const View vx = view_of(x3), vy = view_of(y3);
+  const T* x = x3.data_ptr<T>();
+  const T* g = ca.data_ptr<T>();
+  T* y = y3.data_ptr<T>();
+  if (rows_layout(x3)) {
+    at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t b = r / C, c = r % C;
+        const T* xr = x + b * vx.b + c * vx.c;
+        T* yr = y + b * vy.b + c * vy.c;
+        const A f = static_cast<A>(g[r]);
+        for (int64_t k = 0; k < N; ++k) yr[k] = static_cast<T>(static_cast<A>(xr[k]) * f);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, B * N, grain_rows(C), [&](int64_t lo, int64_t hi) {
+    A f[kChunk];
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t b = r / N, k = r % N;
+      const T* xr = x + b * vx.b + k * vx.n;
+      T* yr = y + b * vy.b + k * vy.n;
+      for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+        const int64_t w = std::min(kChunk, C - c0);
+        for (int64_t c = 0; c < w; ++c) f[c] = static_cast<A>(g[b * C + c0 + c]);
+        for (int64_t c = 0; c < w; ++c) yr[c0 + c] = static_cast<T>(static_cast<A>(xr[c0 + c]) * f[c]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// grad_ca: per (b, c) the sum over N of dy * x.
+
+template <typename T>
+double dot_row(const T* a, const T* b, int64_t n) {
+  using A = acc_t<T>;
+  A s[kLanes] = {};
+  double total = 0;
+  int64_t k = 0;
+  const int64_t full = n - n % kLanes;
+  while (k < full) {
+    const int64_t stop = std::min(full, k + kBlock);
+    for (; k < stop; k += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) s[l] += static_cast<A>(a[k + l]) * static_cast<A>(b[k + l]);
+    for (int64_t l = 0; l < kLanes; ++l) {
+      total += s[l];
+      s[l] = 0;
+    }
+  }
+  for (; k < n; ++k) total += static_cast<A>(a[k]) * static_cast<A>(b[k]);
+  return total;
+}
+
+template <typename T>
+void grad_ca_impl(const Tensor& dy3, const Tensor& x3, Tensor& out) {
+  using A = acc_t<T>;
+  const int64_t B = x3.size(0), C = x3.size(1), N = x3.size(2);
+  const View vx = view_of(x3), vd = view_of(dy3);
+  const T* x = x3.data_ptr<T>();
+  const T* d = dy3.data_ptr<T>();
+  A* o = out.data_ptr<A>();
+  if (rows_layout(x3)) {
+    at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t b = r / C, c = r % C;
+        o[r] = static_cast<A>(dot_row<T>(d + b * vd.b + c * vd.c, x + b * vx.b + c * vx.c, N));
+      }
+    });
+    return;
+  }
+  const Chunks ch = chunks_of(B, C);
+  at::parallel_for(0, ch.count, grain_rows(N * std::min(C, kChunk)), [&](int64_t lo, int64_t hi) {
+    A s[kChunk];
+    double total[kChunk];
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t b = t / ch.per_sample, c0 = (t % ch.per_sample) * kChunk;
+      const int64_t w = std::min(kChunk, C - c0);
+      for (int64_t c = 0; c < w; ++c) s[c] = 0, total[c] = 0;
+      for (int64_t k = 0; k < N; ++k) {
+        const T* xr = x + b * vx.b + k * vx.n + c0;
+        const T* dr = d + b * vd.b + k * vd.n + c0;
+        for (int64_t c = 0; c < w; ++c) s[c] += static_cast<A>(dr[c]) * static_cast<A>(xr[c]);
+        if ((k + 1) % kBlock == 0 || k + 1 == N)
+          for (int64_t c = 0; c < w; ++c) total[c] += s[c], s[c] = 0;
+      }
+      for (int64_t c = 0; c < w; ++c) o[b * C + c0 + c] = static_cast<A>(total[c]);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// grad_input: dx = dy * ca + g_avg, then + g_max at the argmax; each rounded to T as torch does.
+
+template <typename T>
+void grad_input_impl(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, const Tensor& g_max,
+                     const Tensor& idx, Tensor& dx3) {
+  using A = acc_t<T>;
+  const int64_t B = dy3.size(0), C = dy3.size(1), N = dy3.size(2);
+  const View vd = view_of(dy3), vo = view_of(dx3);
+  const T* d = dy3.data_ptr<T>();
+  const T* pc = ca.data_ptr<T>();
+  const T* pa = g_avg.data_ptr<T>();
+  const T* pm = g_max.data_ptr<T>();
+  const int64_t* pi = idx.data_ptr<int64_t>();
+  T* o = dx3.data_ptr<T>();
+  auto bump = [&](int64_t b, int64_t c) {
+    T& at = o[b * vo.b + c * vo.c + pi[b * C + c] * vo.n];
+    at = static_cast<T>(static_cast<A>(at) + static_cast<A>(pm[b * C + c]));
+  };
+  if (rows_layout(dy3)) {
+    at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t b = r / C, c = r % C;
+        const T* dr = d + b * vd.b + c * vd.c;
+        T* out = o + b * vo.b + c * vo.c;
+        const A f = static_cast<A>(pc[r]), a = static_cast<A>(pa[r]);
+        for (int64_t k = 0; k < N; ++k)
+          out[k] = static_cast<T>(static_cast<A>(static_cast<T>(static_cast<A>(dr[k]) * f)) + a);
+        bump(b, c);
+      }
+    });
+    return;
+  }
+  at::parallel_for(0, B, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, C * N)), [&](int64_t lo, int64_t hi) {
+    A f[kChunk], a[kChunk];
+    for (int64_t b = lo; b < hi; ++b) {
+      for (int64_t k = 0; k < N; ++k) {
+        const T* dr = d + b * vd.b + k * vd.n;
+        T* out = o + b * vo.b + k * vo.n;
+        for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+          const int64_t w = std::min(kChunk, C - c0);
+          for (int64_t c = 0; c < w; ++c) f[c] = static_cast<A>(pc[b * C + c0 + c]), a[c] = static_cast<A>(pa[b * C + c0 + c]);
+          for (int64_t c = 0; c < w; ++c)
+            out[c0 + c] = static_cast<T>(static_cast<A>(static_cast<T>(static_cast<A>(dr[c0 + c]) * f[c])) + a[c]);
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) bump(b, c);
+    }
+  });
+}
+
+
+// ---------------------------------------------------------------------------------------------------
+// Entry points of the passes: allocate, check, dispatch on the dtype.
+
+inline std::vector<Tensor> pool_stats(const Tensor& x3, bool need_index) {
+  const auto acc = compute_dtype(x3.scalar_type(), at::kFloat);
+  const auto opts = x3.options().dtype(acc);
+  Tensor avg = at::empty({x3.size(0), x3.size(1)}, opts), mx = at::empty_like(avg);
+  // The index costs nothing measurable (the lanes' selects are there for the NaN-propagating max
+  // anyway), and GCC vectorises the loop with it better than without, so it is always computed.
+  Tensor idx = at::empty({x3.size(0), x3.size(1)}, x3.options().dtype(at::kLong));
+  if (avg.numel() != 0)
+    CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_stats", [&] { pool_impl<scalar_t, true>(x3, avg, mx, idx); });
+  return {avg, mx, need_index ? idx : Tensor()};
+}
+
+inline Tensor scale(const Tensor& x3, const Tensor& ca) {
+  Tensor y3 = empty_like_cached(x3);
+  if (y3.numel() == 0) return y3;
+  check_same_layout(x3, y3);
+  const Tensor g = cast(ca, x3.scalar_type()).contiguous();
+  CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_scale", [&] { scale_impl<scalar_t>(x3, g, y3); });
+  return y3;
+}
+
+inline Tensor grad_ca(const Tensor& dy3, const Tensor& x3) {
+  const auto acc = compute_dtype(x3.scalar_type(), at::kFloat);
+  Tensor out = at::empty({x3.size(0), x3.size(1)}, x3.options().dtype(acc));
+  if (out.numel() == 0) return out;
+  check_same_layout(x3, dy3);
+  TORCH_CHECK(dy3.scalar_type() == x3.scalar_type(), "cafusion native: dy and x of different dtypes");
+  CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_grad_ca", [&] { grad_ca_impl<scalar_t>(dy3, x3, out); });
+  return out;
+}
+
+inline Tensor grad_input(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, const Tensor& g_max, const Tensor& idx) {
+  Tensor dx3 = empty_like_cached(dy3);
+  if (dx3.numel() == 0) return dx3;
+  const auto t = dy3.scalar_type();
+  const Tensor c = cast(ca, t).contiguous(), a = cast(g_avg, t).contiguous(), m = cast(g_max, t).contiguous();
+  const Tensor i = idx.contiguous();
+  check_same_layout(dy3, dx3);
+  CAFUSION_DISPATCH(t, "cafusion_grad_input", [&] { grad_input_impl<scalar_t>(dy3, c, a, m, i, dx3); });
+  return dx3;
+}
+
+}  // namespace cafusion
