@@ -13,6 +13,7 @@ warns once and never raises into the model.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -20,6 +21,7 @@ import os
 import platform
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -33,6 +35,7 @@ _LDFLAGS = ["-fopenmp"]
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _MAX_N = 2**31 - 1  # lane indices are int32
 ENV = "CAFUSION_NATIVE"
+CACHE_ENV = "CAFUSION_CPU_CACHE_MB"
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def library() -> ModuleType | None:
     if not enabled():
         return None
     try:
-        return build()
+        lib = build()
     except Exception as exc:  # no compiler, no ninja, a failing build: the PyTorch path still works
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         warnings.warn(
@@ -109,6 +112,43 @@ def library() -> ModuleType | None:
             stacklevel=2,
         )
         return None
+    mib = os.environ.get(CACHE_ENV)
+    if mib is not None:
+        lib.cache_set_limit(int(float(mib) * 2**20))
+    return lib
+
+
+def set_cache_limit(nbytes: int) -> int:
+    """Bound the cache of freed y/dx buffers (0 turns it off, default 1 GiB); returns the bytes it still holds.
+
+    Fresh full-size outputs on the CPU pay page faults and kernel zeroing (about one copy's worth of
+    time); the kernels keep freed output buffers for reuse, as PyTorch's CUDA allocator does. The
+    cache only holds memory the block's outputs already used. ``CAFUSION_CPU_CACHE_MB`` sets the
+    limit at load time.
+    """
+    lib = library()
+    return 0 if lib is None else int(lib.cache_set_limit(int(nbytes)))
+
+
+def cache_held() -> int:
+    """Bytes of freed output buffers the cache holds now."""
+    lib = library()
+    return 0 if lib is None else int(lib.cache_held())
+
+
+@contextlib.contextmanager
+def cache_disabled() -> Iterator[None]:
+    """Run without the output cache (memory measurements: every buffer then goes through torch's allocator)."""
+    lib = library()
+    if lib is None:
+        yield
+        return
+    limit = int(lib.cache_limit())
+    lib.cache_set_limit(0)
+    try:
+        yield
+    finally:
+        lib.cache_set_limit(limit)
 
 
 def layout_ok(t3: Tensor) -> bool:

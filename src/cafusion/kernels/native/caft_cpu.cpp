@@ -103,4 +103,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cache_set_limit", [](int64_t bytes) { return BufferCache::get().set_limit(static_cast<size_t>(bytes)); },
         "bound the output-buffer cache (0 turns it off); returns the bytes it still holds");
   m.def("cache_held", [] { return BufferCache::get().held(); }, "bytes of freed outputs the cache holds");
+  m.def("cache_limit", [] { return BufferCache::get().limit(); }, "the cache's limit in bytes");
 }

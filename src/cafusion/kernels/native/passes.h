@@ -13,6 +13,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "cache.h"
 #include "common.h"
@@ -52,23 +57,35 @@ inline bool takes_over(A v, A m) {
   return v > m || (v != v && m == m);
 }
 
-// Combine per-lane (max, index) pairs into the row's (max, first index).
+// The row's (max, first index) from the lanes' (max, first index): a NaN anywhere wins (its earliest
+// position), else the largest value at its earliest position. Two flat passes over the lanes (cheap
+// next to a merge with branches, which cost as much as the whole row at 14x14 maps).
 template <typename A>
-inline void merge(A& m, int64_t& i, A m2, int64_t i2) {
-  const bool nan1 = m != m, nan2 = m2 != m2;
-  if (nan1 || nan2) {
-    if (nan2 && (!nan1 || i2 < i)) {
-      m = m2;
-      i = i2;
-    }
-    return;
+inline void reduce_lanes(const A* m, const int32_t* ix, A* best_out, int64_t* at_out) {
+  A best = m[0];
+  bool nan = false;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    nan |= m[l] != m[l];
+    best = m[l] > best ? m[l] : best;
   }
-  if (m2 > m || (m2 == m && i2 < i)) {
-    m = m2;
-    i = i2;
+  int32_t at = std::numeric_limits<int32_t>::max();
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const bool hit = nan ? m[l] != m[l] : m[l] == best;
+    at = (hit && ix[l] < at) ? ix[l] : at;
   }
+  *best_out = nan ? std::numeric_limits<A>::quiet_NaN() : best;
+  *at_out = at;
 }
 
+// Sum of the lanes by halving (vectorises; a chain of 16 dependent adds does not).
+template <typename A>
+inline A sum_lanes(A* s) {
+  for (int64_t w = kLanes / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) s[l] += s[l + w];
+  const A total = s[0];
+  for (int64_t l = 0; l < kLanes; ++l) s[l] = 0;
+  return total;
+}
 
 // ---------------------------------------------------------------------------------------------------
 // pool_stats: per (b, c) the mean and the max over N, and the first argmax when kIndex.
@@ -97,10 +114,7 @@ void pool_row(const T* p, int64_t n, acc_t<T>* avg, acc_t<T>* mx, int64_t* idx) 
         if (kIndex) ix[l] = take ? static_cast<int32_t>(k + l) : ix[l];
       }
     }
-    for (int64_t l = 0; l < kLanes; ++l) {
-      total += s[l];
-      s[l] = 0;
-    }
+    total += sum_lanes(s);
   }
   for (int64_t l = 0; k < n; ++k, ++l) {  // the tail, in the first lanes
     const A v = static_cast<A>(p[k]);
@@ -110,14 +124,81 @@ void pool_row(const T* p, int64_t n, acc_t<T>* avg, acc_t<T>* mx, int64_t* idx) 
       ix[l] = static_cast<int32_t>(k);
     }
   }
-  A best = m[0];
-  int64_t at = ix[0];
-  for (int64_t l = 1; l < kLanes; ++l) merge<A>(best, at, m[l], ix[l]);
   // a lane that saw only -inf (or nothing) keeps its own lane number; for an all -inf row that gives
-  // position 0, as torch does, and otherwise such a lane never wins the merge.
+  // position 0, as torch does, and otherwise such a lane never wins.
+  A best;
+  int64_t at;
+  reduce_lanes<A>(m, ix, &best, &at);
   *avg = static_cast<A>(total / static_cast<double>(n));
   *mx = best;
   if (kIndex) *idx = at;
+}
+
+#if defined(__AVX512F__)
+// Short float32 rows (7x7, 14x14 maps, N <= kBlock): per-row lane bookkeeping (init, merge, tail)
+// costs ~50 ns, more than such a row's data. Here one AVX-512 lane is one row: 16 rows walk N together
+// through gathered loads (16 rows x 64-byte lines stay in L1), and no lanes are merged. Sums in double.
+inline void pool_rows16_f32(const float* base, const int32_t* offsets, int64_t width, int64_t n, float* avg,
+                            float* mx, int64_t* idx) {
+  const __m512i off = _mm512_loadu_si512(offsets);
+  __m512d s_lo = _mm512_setzero_pd(), s_hi = _mm512_setzero_pd();
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512i ix = _mm512_setzero_si512();
+  for (int64_t k = 0; k < n; ++k) {
+    const __m512 v = _mm512_i32gather_ps(off, base + k, 4);
+    s_lo = _mm512_add_pd(s_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    s_hi = _mm512_add_pd(s_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+    const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) |
+                           (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(m, m, _CMP_ORD_Q));
+    m = _mm512_mask_blend_ps(take, m, v);
+    ix = _mm512_mask_blend_epi32(take, ix, _mm512_set1_epi32(static_cast<int32_t>(k)));
+  }
+  alignas(64) double s[16];
+  alignas(64) float mm[16];
+  alignas(64) int32_t ii[16];
+  _mm512_store_pd(s, s_lo);
+  _mm512_store_pd(s + 8, s_hi);
+  _mm512_store_ps(mm, m);
+  _mm512_store_si512(ii, ix);
+  for (int64_t l = 0; l < width; ++l) {
+    avg[l] = static_cast<float>(s[l] / static_cast<double>(n));
+    mx[l] = mm[l];
+    idx[l] = ii[l];
+  }
+}
+
+// sum over N of a * b for 16 short float32 rows at once, in double (see pool_rows16_f32).
+inline void dot_rows16_f32(const float* a, const int32_t* off_a, const float* b, const int32_t* off_b,
+                           int64_t width, int64_t n, float* out) {
+  const __m512i oa = _mm512_loadu_si512(off_a), ob = _mm512_loadu_si512(off_b);
+  __m512d s_lo = _mm512_setzero_pd(), s_hi = _mm512_setzero_pd();
+  for (int64_t k = 0; k < n; ++k) {
+    const __m512 v = _mm512_mul_ps(_mm512_i32gather_ps(oa, a + k, 4), _mm512_i32gather_ps(ob, b + k, 4));
+    s_lo = _mm512_add_pd(s_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    s_hi = _mm512_add_pd(s_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+  }
+  alignas(64) double s[16];
+  _mm512_store_pd(s, s_lo);
+  _mm512_store_pd(s + 8, s_hi);
+  for (int64_t l = 0; l < width; ++l) out[l] = static_cast<float>(s[l]);
+}
+#endif
+
+// Short rows go through the gathers when every row offset fits their int32 indices.
+inline bool gather_rows(const Tensor& t) {
+  const int64_t span = (t.size(0) - 1) * t.stride(0) + (t.size(1) - 1) * t.stride(1);
+  return rows_layout(t) && t.size(2) <= kBlock && span < (int64_t(1) << 31) - t.size(2);
+}
+
+// Offsets of rows r0 .. r0 + kLanes - 1 of a (B, C, N) view from the first of them (a short last group
+// repeats its last row); returns the first row's offset.
+inline int64_t group_offsets(View v, int64_t C, int64_t r0, int64_t width, int32_t* off) {
+  const int64_t first = (r0 / C) * v.b + (r0 % C) * v.c;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    const int64_t r = r0 + std::min(l, width - 1);
+    off[l] = static_cast<int32_t>((r / C) * v.b + (r % C) * v.c - first);
+  }
+  return first;
 }
 
 // channels_last: one task owns a sample and a chunk of <= kChunk channels and walks N.
@@ -177,6 +258,22 @@ void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
   A* pa = avg.data_ptr<A>();
   A* pm = mx.data_ptr<A>();
   int64_t* pi = kIndex ? idx.data_ptr<int64_t>() : nullptr;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (gather_rows(x3)) {
+      const int64_t groups = (B * C + kLanes - 1) / kLanes;
+      at::parallel_for(0, groups, grain_rows(N * kLanes), [&](int64_t lo, int64_t hi) {
+        alignas(64) int32_t off[kLanes];
+        for (int64_t g = lo; g < hi; ++g) {
+          const int64_t r0 = g * kLanes, width = std::min(kLanes, B * C - r0);
+          const int64_t first = group_offsets(v, C, r0, width, off);
+          pool_rows16_f32(x + first, off, width, N, pa + r0, pm + r0, pi + r0);
+        }
+      });
+      return;
+    }
+  }
+#endif
   if (rows_layout(x3)) {
     at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
@@ -249,10 +346,7 @@ double dot_row(const T* a, const T* b, int64_t n) {
     const int64_t stop = std::min(full, k + kBlock);
     for (; k < stop; k += kLanes)
       for (int64_t l = 0; l < kLanes; ++l) s[l] += static_cast<A>(a[k + l]) * static_cast<A>(b[k + l]);
-    for (int64_t l = 0; l < kLanes; ++l) {
-      total += s[l];
-      s[l] = 0;
-    }
+    total += sum_lanes(s);
   }
   for (; k < n; ++k) total += static_cast<A>(a[k]) * static_cast<A>(b[k]);
   return total;
@@ -266,6 +360,22 @@ void grad_ca_impl(const Tensor& dy3, const Tensor& x3, Tensor& out) {
   const T* x = x3.data_ptr<T>();
   const T* d = dy3.data_ptr<T>();
   A* o = out.data_ptr<A>();
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (gather_rows(x3) && gather_rows(dy3)) {
+      const int64_t groups = (B * C + kLanes - 1) / kLanes;
+      at::parallel_for(0, groups, grain_rows(N * kLanes), [&](int64_t lo, int64_t hi) {
+        alignas(64) int32_t off_d[kLanes], off_x[kLanes];
+        for (int64_t g = lo; g < hi; ++g) {
+          const int64_t r0 = g * kLanes, width = std::min(kLanes, B * C - r0);
+          const int64_t fd = group_offsets(vd, C, r0, width, off_d), fx = group_offsets(vx, C, r0, width, off_x);
+          dot_rows16_f32(d + fd, off_d, x + fx, off_x, width, N, o + r0);
+        }
+      });
+      return;
+    }
+  }
+#endif
   if (rows_layout(x3)) {
     at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
