@@ -223,7 +223,10 @@ def check_block(checks: Checks, device: torch.device, dry: bool) -> None:
 
 
 def _rel_err(got: Tensor, truth: Tensor) -> float:
-    return float((got.detach().double() - truth.detach()).norm() / truth.detach().norm().clamp_min(1e-12))
+    """Relative error; a truth whose norm is below 1e-3 counts as 1e-3. A gradient that is exactly zero
+    (the router's at 1x1 maps, where mean == max) leaves only rounding noise, which a relative measure
+    would blow up by 1e12 (second H200 run: 1.35e-6 vs the reference's 2.6e-7 absolute)."""
+    return float((got.detach().double() - truth.detach()).norm() / truth.detach().norm().clamp_min(1e-3))
 
 
 def _assert(cond: bool) -> None:

@@ -49,14 +49,16 @@ def test_small_path_under_interpreter(group: str) -> None:
     assert f"checked {group}:" in proc.stdout  # the group really ran its cases
 
 
-def _fake(is_cuda: bool, dtype: torch.dtype) -> Tensor:
-    """A stand-in for a tensor on a device this machine does not have: the chooser reads only these."""
+def _fake(is_cuda: bool, dtype: torch.dtype, channels: int = 64) -> Tensor:
+    """A stand-in for a (B, C) tensor on a device this machine does not have: the chooser reads only these."""
     device = torch.device("cuda", 0) if is_cuda else torch.device("cpu")
-    return SimpleNamespace(is_cuda=is_cuda, dtype=dtype, device=device)  # type: ignore[return-value]
+    shape = (16, channels)
+    return SimpleNamespace(is_cuda=is_cuda, dtype=dtype, device=device, shape=shape)  # type: ignore[return-value]
 
 
 def test_small_path_chooser() -> None:
-    """Triton for float32 compute on CUDA; small.py for float64 compute, and on the CPU (never imports triton)."""
+    """Triton for float32 compute on CUDA up to C = 512; small.py for wider layers, float64 compute, and on the
+    CPU (never imports triton)."""
     from cafusion.kernels import triton_small
 
     assert dispatch.small_path(_fake(True, torch.float32)) is triton_small
@@ -64,6 +66,9 @@ def test_small_path_chooser() -> None:
     assert dispatch.small_path(_fake(True, torch.float32), torch.float64) is small  # float64 weights
     assert dispatch.small_path(_fake(True, torch.float64)) is small
     assert dispatch.small_path(torch.zeros(2, 3)) is small
+    # wide layers: one program per sample streams all the weights; PyTorch's matmuls win there (H200)
+    assert dispatch.small_path(_fake(True, torch.float32, 512)) is triton_small
+    assert dispatch.small_path(_fake(True, torch.float32, 1024)) is small
 
 
 # ---------------------------------------------------------------- the checks (run in the subprocess)

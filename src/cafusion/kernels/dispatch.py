@@ -44,10 +44,16 @@ def _triton_small() -> ModuleType | None:
     return triton_small
 
 
+# The fused small-path kernels run one program per sample, which streams the whole weight matrices:
+# on an H200 they beat the PyTorch small path up to C = 512 (fwd+bwd 29 vs 157 µs at (16, 256)) and
+# lose above (171 vs 168 µs at C = 1024, 450 vs 206 µs at C = 2048; docs/gpu.md, second run).
+_TRITON_SMALL_MAX_C = 512
+
+
 def small_path(t: Tensor, dtype: torch.dtype | None = None) -> ModuleType:
     """The module whose ``forward``/``backward`` run the small path for statistics like ``t`` in the compute
     ``dtype`` (default ``t.dtype``): the fused Triton kernels for float32 on CUDA, ``small`` otherwise."""
-    if t.is_cuda and (dtype or t.dtype) == torch.float32:
+    if t.is_cuda and (dtype or t.dtype) == torch.float32 and t.shape[-1] <= _TRITON_SMALL_MAX_C:
         mod = _triton_small()
         if mod is not None and mod.is_available(t):
             return mod
