@@ -22,6 +22,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 test: lint
+	$(PY) -m cafusion build-native
 	$(PY) -m pytest -n 2 -q
 
 bench: $(STAMP)

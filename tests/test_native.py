@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -219,10 +220,20 @@ def test_output_buffers_are_reused_and_the_cache_is_bounded(lib: ModuleType) -> 
     assert torch.equal(again, x3 * ca.unsqueeze(2))
     again += 1.0  # an ordinary tensor: in-place use is fine
     del again
-    assert lib.cache_set_limit(0) == 0  # turning it off frees everything held
+    assert native.set_cache_limit(0) == 0  # turning it off frees everything held
     lib.scale(x3, ca)
-    assert lib.cache_held() == 0
-    lib.cache_set_limit(1 << 30)
+    assert native.cache_held() == 0
+    native.set_cache_limit(1 << 30)
+    with native.cache_disabled():
+        assert lib.cache_limit() == 0
+        lib.scale(x3, ca)
+        assert native.cache_held() == 0
+    assert lib.cache_limit() == 1 << 30
+
+
+def test_cache_limit_from_the_environment() -> None:
+    code = "from cafusion.kernels import native; print(native.library().cache_limit())"
+    assert run_python(code, CAFUSION_CPU_CACHE_MB="3") == str(3 * 2**20)
 
 
 def test_a_failed_build_warns_once_and_the_fast_path_still_runs(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -258,3 +269,21 @@ def test_build_name_changes_with_the_source(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(native, "_cpu_id", lambda: "another cpu")
     assert native.build_name() != before
     assert native.build_name().startswith("cafusion_cpu_")
+
+
+def test_build_native_command(tmp_path: Path) -> None:
+    """``cafusion build-native`` reports the cached build; a broken compiler is one line and exit 1."""
+    ok = subprocess.run([sys.executable, "-m", "cafusion", "build-native"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "native CPU kernels ready" in ok.stdout, ok.stderr
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CXX": "false"}
+    bad = subprocess.run([sys.executable, "-m", "cafusion", "build-native"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().startswith("cafusion: error: could not build the native CPU kernels")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    off = subprocess.run(
+        [sys.executable, "-m", "cafusion", "build-native"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CAFUSION_NATIVE": "0"},
+    )
+    assert off.returncode == 1 and "switched off" in off.stderr
