@@ -48,23 +48,34 @@ inline A hardsigmoid_of(A v) {
   return ((A(6) < lo) ? A(6) : lo) / A(6);
 }
 
+// a . b with 16 independent partial sums: a single running sum is a chain of dependent adds (4 cycles
+// each), and the compiler may not reorder float additions by itself.
+template <typename A>
+inline A dot(const A* a, const A* b, int64_t n) {
+  constexpr int64_t kL = 16;
+  A s[kL] = {};
+  int64_t k = 0;
+  for (; k + kL <= n; k += kL)
+    for (int64_t l = 0; l < kL; ++l) s[l] += a[k + l] * b[k + l];
+  for (int64_t l = 0; k < n; ++k, ++l) s[l] += a[k] * b[k];
+  for (int64_t w = kL / 2; w >= 1; w /= 2)
+    for (int64_t l = 0; l < w; ++l) s[l] += s[l + w];
+  return s[0];
+}
+
 template <typename A>
 void direct_sample_forward(const Direct<A>& p, const A* avg, const A* mx, Sample<A>& s) {
   const int64_t C = p.C, H = p.H, R = p.R;
   const A* rows[2] = {avg, mx};
   for (int r = 0; r < 2; ++r) {
     for (int64_t h = 0; h < H; ++h) {
-      const A* w = p.w1 + h * C;
-      A acc = 0;
-      for (int64_t c = 0; c < C; ++c) acc += w[c] * rows[r][c];
+      A acc = dot(p.w1 + h * C, rows[r], C);
       if (p.b1) acc += p.b1[h];
       s.pre[r * H + h] = acc;
       s.hid[r * H + h] = p.silu ? acc * sigmoid_of(acc) : relu_of(acc);
     }
     for (int64_t c = 0; c < C; ++c) {
-      const A* w = p.w2 + c * H;
-      A acc = 0;
-      for (int64_t h = 0; h < H; ++h) acc += w[h] * s.hid[r * H + h];
+      A acc = dot(p.w2 + c * H, s.hid.data() + r * H, H);
       if (p.b2) acc += p.b2[c];
       s.out[r * C + c] = acc;
     }
@@ -74,9 +85,7 @@ void direct_sample_forward(const Direct<A>& p, const A* avg, const A* mx, Sample
   if (p.softmax) {
     for (int64_t j = 0; j < R; ++j) {
       const A* w = p.r1 + j * 2 * C;
-      A acc = 0;
-      for (int64_t k = 0; k < C; ++k) acc += w[k] * avg[k];
-      for (int64_t k = 0; k < C; ++k) acc += w[C + k] * mx[k];
+      A acc = dot(w, avg, C) + dot(w + C, mx, C);
       if (p.rb1) acc += p.rb1[j];
       s.q[j] = acc;
     }
