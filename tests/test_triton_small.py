@@ -57,7 +57,7 @@ def _fake(is_cuda: bool, dtype: torch.dtype, channels: int = 64) -> Tensor:
 
 
 def test_small_path_chooser() -> None:
-    """Triton for float32 compute on CUDA up to C = 512; small.py for wider layers, float64 compute, and on the
+    """Triton for float32 compute on CUDA up to C = 1024; small.py for wider layers, float64 compute, and on the
     CPU (never imports triton)."""
     from cafusion.kernels import triton_small
 
@@ -67,8 +67,8 @@ def test_small_path_chooser() -> None:
     assert dispatch.small_path(_fake(True, torch.float64)) is small
     assert dispatch.small_path(torch.zeros(2, 3)) is small
     # wide layers: one program per sample streams all the weights; PyTorch's matmuls win there (H200)
-    assert dispatch.small_path(_fake(True, torch.float32, 512)) is triton_small
-    assert dispatch.small_path(_fake(True, torch.float32, 1024)) is small
+    assert dispatch.small_path(_fake(True, torch.float32, 1024)) is triton_small
+    assert dispatch.small_path(_fake(True, torch.float32, 2048)) is small
 
 
 # ---------------------------------------------------------------- the checks (run in the subprocess)

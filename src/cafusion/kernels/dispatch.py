@@ -44,10 +44,11 @@ def _triton_small() -> ModuleType | None:
     return triton_small
 
 
-# The fused small-path kernels run one program per sample, which streams the whole weight matrices:
-# on an H200 they beat the PyTorch small path up to C = 512 (fwd+bwd 29 vs 157 µs at (16, 256)) and
-# lose above (171 vs 168 µs at C = 1024, 450 vs 206 µs at C = 2048; docs/gpu.md, second run).
-_TRITON_SMALL_MAX_C = 512
+# The fused small-path kernels run one program per sample, which streams the whole weight matrices.
+# H200 (docs/gpu.md, second and third runs): alone they win up to C = 512 (fwd+bwd 46 vs 157 µs at
+# (16, 256)), tie at C = 1024 (171 vs 168 µs; in the bf16 block they win, 175 vs 224 µs, as the
+# PyTorch path converts bf16 weights op by op), and lose at C = 2048 (block 425 vs 226 µs).
+_TRITON_SMALL_MAX_C = 1024
 
 
 def small_path(t: Tensor, dtype: torch.dtype | None = None) -> ModuleType:
