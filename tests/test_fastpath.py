@@ -230,6 +230,44 @@ def test_default_uses_the_fused_path_in_eager_mode() -> None:
     assert not any("max_pool" in n or "adaptive" in n for n in names)  # contiguous: max(dim), no pooling
 
 
+def test_inference_runs_without_a_graph_node_and_matches_training_mode() -> None:
+    """Nothing needs a gradient (no_grad, or frozen weights and a plain x): no autograd.Function, same y."""
+    block = ChannelAttentionFusionT(16, reduction=4, return_fusion_weights=True, dtype=torch.float64)
+    x = torch.randn(3, 16, 5, 5, dtype=torch.float64)
+    trained = block(x.clone().requires_grad_(True))
+    with torch.no_grad():
+        inferred = block(x)
+    for p in block.parameters():
+        p.requires_grad_(False)
+    frozen = block(x)
+    for a, b, c in zip(trained, inferred, frozen, strict=True):
+        assert b.grad_fn is None and c.grad_fn is None
+        torch.testing.assert_close(b, a.detach(), rtol=0, atol=0)
+        torch.testing.assert_close(c, a.detach(), rtol=0, atol=0)
+
+
+def test_parametrized_weights_are_the_ones_used() -> None:
+    """The block reads plain parameters straight from the submodules; a parametrization still applies."""
+    from torch.nn.utils import parametrize
+
+    class Double(torch.nn.Module):
+        def forward(self, w: Tensor) -> Tensor:
+            return 2 * w
+
+    block = ChannelAttentionFusionT(16, reduction=4, dtype=torch.float64)
+    plain = ChannelAttentionFusionT(16, reduction=4, dtype=torch.float64)
+    plain.load_state_dict(block.state_dict())
+    parametrize.register_parametrization(block.fc1, "weight", Double())
+    parametrize.register_parametrization(block.fusion_router[2], "bias", Double())  # type: ignore[index]
+    with torch.no_grad():
+        plain.fc1.weight.mul_(2)
+        plain.fusion_router[2].bias.mul_(2)  # type: ignore[index,union-attr]
+    x = torch.randn(2, 16, 3, 3, dtype=torch.float64)
+    for impl in ("auto", "reference"):
+        block.impl = plain.impl = impl
+        torch.testing.assert_close(block(x)[0], plain(x)[0], rtol=1e-12, atol=1e-12)
+
+
 def test_backward_saves_no_full_size_tensor_beyond_x() -> None:
     block = ChannelAttentionFusionT(16, learnable_temperature=True)
     x = torch.randn(4, 16, 8, 8, requires_grad=True)
