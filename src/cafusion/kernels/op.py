@@ -63,8 +63,8 @@ def fused_forward(
     lib = native.for_tensor(x3)
     if lib is not None:  # the CPU kernels: the whole forward in one call
         flags = (fusion == "softmax", gate == "hardsigmoid", act == "silu")
-        y3, ca, fusion_w, avg, mx, idx, *state = lib.forward(x3, list(p), *flags, need_index)
-        return _unflat(y3, x.shape), ca, fusion_w, avg, mx, idx, state
+        y, ca, fusion_w, avg, mx, idx, *state = lib.forward(x, list(p), *flags, need_index)
+        return y, ca, fusion_w, avg, mx, idx, state
     ops = backend(x)
     avg, mx, idx = ops.pool_stats(x3, need_index)
     dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
@@ -92,15 +92,16 @@ def fused_backward(
     fw: State | None = None,
 ) -> tuple[Tensor | None, small.Grads]:
     """The backward math: (dx or None, gradients of the parameters); ``fw`` None recomputes the small path."""
-    x3, dy3 = _flat(x), _flat(dy)
+    x3 = _flat(x)
     lib = native.for_tensor(x3)
     if lib is not None:  # the CPU kernels: the whole backward in one call
         flags = (fusion == "softmax", gate == "hardsigmoid", act == "silu")
         state = [] if fw is None else list(fw)  # empty: the kernels recompute the small path
-        dy3 = native.like(dy3, x3)
-        dx3, *grads = lib.backward(dy3, g_ca, g_fusion_w, g_avg, g_mx, x3, avg, mx, idx, list(p), state, *flags, need_x)
-        return (None if dx3 is None else _unflat(dx3, x.shape)), small.Grads(*grads)
+        dy = native.like(dy, x)
+        dx, *grads = lib.backward(dy, g_ca, g_fusion_w, g_avg, g_mx, x, avg, mx, idx, list(p), state, *flags, need_x)
+        return dx, small.Grads(*grads)
     ops = backend(x)
+    dy3 = _flat(dy)
     dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
     if fw is None:
         fw = small_path(avg, dtype).forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)

@@ -168,9 +168,18 @@ def for_tensor(x3: Tensor) -> ModuleType | None:
     return library()
 
 
-def like(dy3: Tensor, x3: Tensor) -> Tensor:
-    """dy in a layout the kernels take together with x (autograd may hand over any strides: an
-    expanded scalar for ``y.sum().backward()``, a contiguous gradient for channels_last y)."""
-    if layout_ok(dy3) and (dy3.stride(2) == 1 or dy3.shape[2] == 1) == (x3.stride(2) == 1 or x3.shape[2] == 1):
-        return dy3
-    return torch.empty_like(x3).copy_(dy3)
+def like(dy: Tensor, x: Tensor) -> Tensor:
+    """dy in a layout the kernels take together with x, both (B, C, *spatial). Autograd may hand over
+    any strides: an expanded scalar for ``y.sum().backward()``, a contiguous gradient for channels_last y.
+    Usually dy has y's strides, which are x's."""
+    if dy.stride() == x.stride():
+        return dy
+    dy3, x3 = dy.flatten(2), x.flatten(2)
+    if layout_ok(dy3) and _rows(dy3) == _rows(x3):
+        return dy
+    return torch.empty_like(x).copy_(dy)
+
+
+def _rows(t3: Tensor) -> bool:
+    """The kernels' row layout (unit stride along N), as opposed to channels_last."""
+    return t3.stride(2) == 1 or t3.shape[2] == 1

@@ -92,15 +92,35 @@ class BufferCache {
 
 constexpr int64_t kCacheMin = int64_t(1) << 20;  // bytes; smaller outputs are cheap to allocate anyway
 
-// An uninitialised tensor with t's sizes and strides (t dense), from the cache when it is big.
-inline Tensor empty_like_cached(const Tensor& t) {
-  const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
-  const bool dense = t.is_non_overlapping_and_dense();
+// An uninitialised dense tensor with these sizes and strides, from the cache when it is big.
+inline Tensor empty_cached(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options) {
+  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(c10::elementSize(
+                                                             c10::typeMetaToScalarType(options.dtype())));
   BufferCache& cache = BufferCache::get();
-  if (!dense || bytes < kCacheMin || static_cast<size_t>(bytes) > cache.limit()) return at::empty_like(t);
+  if (bytes < kCacheMin || static_cast<size_t>(bytes) > cache.limit()) return at::empty_strided(sizes, strides, options);
   void* p = cache.take(static_cast<size_t>(bytes));
   const size_t n = static_cast<size_t>(bytes);
-  return at::from_blob(p, t.sizes(), t.strides(), [n](void* q) { BufferCache::get().give(q, n); }, t.options());
+  return at::from_blob(p, sizes, strides, [n](void* q) { BufferCache::get().give(q, n); }, options);
+}
+
+// The output for a (B, C, *spatial) input: the input's strides when its (B, C, N) flattening is a view
+// (contiguous and channels_last maps), else contiguous; so the kernels can always write through the
+// output's (B, C, N) view. (A map with its spatial dims permuted is dense but does not flatten to a view;
+// a sliced one is not dense.)
+inline bool spatial_flattens(const Tensor& x) {  // (B, C, *spatial) -> (B, C, N) is a view
+  int64_t expected = -1;
+  for (int64_t d = x.dim() - 1; d >= 2; --d) {
+    if (x.size(d) == 1) continue;
+    if (expected != -1 && x.stride(d) != expected) return false;
+    expected = x.stride(d) * x.size(d);
+  }
+  return true;
+}
+
+inline Tensor output_for(const Tensor& x) {
+  const bool keep = x.is_non_overlapping_and_dense() && spatial_flattens(x);
+  if (keep) return empty_cached(x.sizes(), x.strides(), x.options());
+  return empty_cached(x.sizes(), c10::contiguous_strides(x.sizes()), x.options());
 }
 
 }  // namespace cafusion

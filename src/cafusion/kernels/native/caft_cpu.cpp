@@ -24,11 +24,13 @@
 
 namespace cafusion {
 
-// Returns (y3, ca (B, C) in x's dtype, fusion_w or None, avg, max, argmax or None, *state). state is
-// small.Forward's fields from the ATen small path, or empty when the loops ran (the backward recomputes).
-std::vector<Tensor> forward(const Tensor& x3, const std::vector<OptTensor>& params, bool softmax, bool hard,
+// x is (B, C, *spatial). Returns (y with x's shape and strides, ca (B, C) in x's dtype, fusion_w or
+// None, avg, max, argmax or None, *state). state is small.Forward's fields from the ATen small path,
+// or empty when the loops ran (the backward recomputes them).
+std::vector<Tensor> forward(const Tensor& x, const std::vector<OptTensor>& params, bool softmax, bool hard,
                             bool silu, bool need_index) {
   const Params p = params_of(params);
+  const Tensor x3 = x.flatten(2);
   std::vector<Tensor> stats = pool_stats(x3, need_index);
   const auto dtype = compute_dtype(stats[0].scalar_type(), p.fc1_w.scalar_type());
   const Tensor avg = cast(stats[0], dtype), mx = cast(stats[1], dtype);
@@ -42,18 +44,20 @@ std::vector<Tensor> forward(const Tensor& x3, const std::vector<OptTensor>& para
     w = state[kW];
   }
   const Tensor ca_x = cast(ca, x3.scalar_type());
-  std::vector<Tensor> out = {scale(x3, ca_x), ca_x, w, stats[0], stats[1], stats[2]};
+  std::vector<Tensor> out = {scale(x, ca_x), ca_x, w, stats[0], stats[1], stats[2]};
   out.insert(out.end(), state.begin(), state.end());
   return out;
 }
 
-// Returns (dx3 or None, g_avg, g_max, d fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature).
-// g_avg/g_mx (optional) are upstream gradients of the statistics (the custom op's extra outputs).
-std::vector<Tensor> backward(const Tensor& dy3, const OptTensor& g_ca, const OptTensor& g_w, const OptTensor& g_avg,
-                             const OptTensor& g_mx, const Tensor& x3, const Tensor& avg_in, const Tensor& mx_in,
+// dy and x are (B, C, *spatial) in the same layout. Returns (dx with dy's shape and strides or None,
+// g_avg, g_max, d fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature). g_avg/g_mx
+// (optional) are upstream gradients of the statistics (the custom op's extra outputs).
+std::vector<Tensor> backward(const Tensor& dy, const OptTensor& g_ca, const OptTensor& g_w, const OptTensor& g_avg,
+                             const OptTensor& g_mx, const Tensor& x, const Tensor& avg_in, const Tensor& mx_in,
                              const OptTensor& idx, const std::vector<OptTensor>& params,
                              const std::vector<OptTensor>& state_in, bool softmax, bool hard, bool silu, bool need_x) {
   const Params p = params_of(params);
+  const Tensor x3 = x.flatten(2), dy3 = dy.flatten(2);
   const auto dtype = compute_dtype(avg_in.scalar_type(), p.fc1_w.scalar_type());
   const Tensor avg = cast(avg_in, dtype), mx = cast(mx_in, dtype);
   Tensor d_ca = cast(grad_ca(dy3, x3), dtype);
@@ -83,7 +87,7 @@ std::vector<Tensor> backward(const Tensor& dy3, const OptTensor& g_ca, const Opt
     const Tensor d_avg = g_avg.has_value() ? g[0] + cast(*g_avg, dtype) : g[0];
     const Tensor d_mx = g_mx.has_value() ? g[1] + cast(*g_mx, dtype) : g[1];
     const auto stat = avg_in.scalar_type();
-    dx = grad_input(dy3, cast(ca, x3.scalar_type()), cast(d_avg / x3.size(2), stat), cast(d_mx, stat), *idx);
+    dx = grad_input(dy, cast(ca, x3.scalar_type()), cast(d_avg / x3.size(2), stat), cast(d_mx, stat), *idx);
   }
   g.insert(g.begin(), dx);
   return g;

@@ -472,13 +472,16 @@ inline std::vector<Tensor> pool_stats(const Tensor& x3, bool need_index) {
   return {avg, mx, need_index ? idx : Tensor()};
 }
 
-inline Tensor scale(const Tensor& x3, const Tensor& ca) {
-  Tensor y3 = empty_like_cached(x3);
-  if (y3.numel() == 0) return y3;
+// y = x * ca for x of shape (B, C, *spatial) (or its (B, C, N) view); y has x's shape and strides.
+inline Tensor scale(const Tensor& x, const Tensor& ca) {
+  Tensor y = output_for(x);
+  if (y.numel() == 0) return y;
+  const Tensor x3 = x.flatten(2);
+  Tensor y3 = y.flatten(2);
   check_same_layout(x3, y3);
-  const Tensor g = cast(ca, x3.scalar_type()).contiguous();
-  CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_scale", [&] { scale_impl<scalar_t>(x3, g, y3); });
-  return y3;
+  const Tensor g = cast(ca, x.scalar_type()).contiguous();
+  CAFUSION_DISPATCH(x.scalar_type(), "cafusion_scale", [&] { scale_impl<scalar_t>(x3, g, y3); });
+  return y;
 }
 
 inline Tensor grad_ca(const Tensor& dy3, const Tensor& x3) {
@@ -491,15 +494,19 @@ inline Tensor grad_ca(const Tensor& dy3, const Tensor& x3) {
   return out;
 }
 
-inline Tensor grad_input(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, const Tensor& g_max, const Tensor& idx) {
-  Tensor dx3 = empty_like_cached(dy3);
-  if (dx3.numel() == 0) return dx3;
-  const auto t = dy3.scalar_type();
+// dx = dy * ca + g_avg + g_max at the argmax, for dy of shape (B, C, *spatial) (or its (B, C, N) view);
+// dx has dy's shape and strides.
+inline Tensor grad_input(const Tensor& dy, const Tensor& ca, const Tensor& g_avg, const Tensor& g_max, const Tensor& idx) {
+  Tensor dx = output_for(dy);
+  if (dx.numel() == 0) return dx;
+  const auto t = dy.scalar_type();
   const Tensor c = cast(ca, t).contiguous(), a = cast(g_avg, t).contiguous(), m = cast(g_max, t).contiguous();
   const Tensor i = idx.contiguous();
+  const Tensor dy3 = dy.flatten(2);
+  Tensor dx3 = dx.flatten(2);
   check_same_layout(dy3, dx3);
   CAFUSION_DISPATCH(t, "cafusion_grad_input", [&] { grad_input_impl<scalar_t>(dy3, c, a, m, i, dx3); });
-  return dx3;
+  return dx;
 }
 
 }  // namespace cafusion
