@@ -275,7 +275,7 @@ def test_build_native_command(tmp_path: Path) -> None:
     """``cafusion build-native`` reports the cached build; a broken compiler is one line and exit 1."""
     ok = subprocess.run([sys.executable, "-m", "cafusion", "build-native"], capture_output=True, text=True)
     assert ok.returncode == 0 and "native CPU kernels ready" in ok.stdout, ok.stderr
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CXX": "false"}
+    env = {**os.environ, "CAFUSION_NATIVE_DIR": str(tmp_path), "CXX": "false"}
     bad = subprocess.run([sys.executable, "-m", "cafusion", "build-native"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("cafusion: error: could not build the native CPU kernels")

@@ -1,10 +1,10 @@
 """The C++ CPU kernels (``caft_cpu.cpp``): compiled on first use, cached, and optional.
 
 They are built with ``torch.utils.cpp_extension.load`` against the installed torch, for this machine's
-CPU (``-march=native``), into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``). The cache key covers the source, the flags, the torch version and the
-CPU, so an upgrade or another machine rebuilds instead of loading a stale or illegal binary. Building
-takes about 30-60 s once; ``python -m cafusion build-native`` does it ahead of time.
+CPU (``-march=native``), into ``~/.cache/cafusion/native`` (``CAFUSION_NATIVE_DIR``). The build's name
+covers the sources, the flags, the torch version, the CPU and the checkout's path, so an upgrade or
+another machine rebuilds instead of loading a stale or illegal binary. Building takes about 30-60 s
+once; ``cafusion build-native`` does it ahead of time. Later processes import the built file directly.
 
 Without a C++ compiler or ninja, or with ``CAFUSION_NATIVE=0``, ``library()`` is None and the fast
 path runs its PyTorch primitives (``kernels/cpu.py``): the same results, only slower. A failed build
@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import platform
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +38,7 @@ _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _MAX_N = 2**31 - 1  # lane indices are int32
 ENV = "CAFUSION_NATIVE"
 CACHE_ENV = "CAFUSION_CPU_CACHE_MB"
+DIR_ENV = "CAFUSION_NATIVE_DIR"
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +60,30 @@ def _cpu_id() -> str:
 
 
 def build_name() -> str:
-    """The extension's cache name: changes whenever the binary would."""
+    """The extension's cache name: changes whenever the binary would (and per checkout, so that two
+    copies of the sources never rebuild over each other's cache entry)."""
     code = [f.read_text() for f in sorted(_DIR.glob("*.[ch]*")) if f.suffix in (".cpp", ".h")]
-    key = "\n".join([*code, " ".join(_CFLAGS + _LDFLAGS), torch.__version__, _cpu_id()])
+    key = "\n".join([*code, " ".join(_CFLAGS + _LDFLAGS), torch.__version__, _cpu_id(), str(_DIR)])
     return "cafusion_cpu_" + hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def build_dir() -> Path:
+    """Where the build lives: ``$CAFUSION_NATIVE_DIR``, else ``~/.cache/cafusion/native``, one folder per build."""
+    root = os.environ.get(DIR_ENV) or str(Path.home() / ".cache" / "cafusion" / "native")
+    return Path(root) / build_name()
+
+
 def build(verbose: bool = False) -> ModuleType:
-    """Compile (or load from the cache) and import the extension; raises when it cannot be built."""
+    """Import the compiled extension, compiling it first if this build is not in the cache yet; raises
+    when it cannot be built.
+
+    A finished build is imported directly; torch's ``load`` (a lock file, a ninja run) is only used to
+    compile, so processes that start together (torchrun workers) just import the same file.
+    """
+    folder = build_dir()
+    built = folder / f"{folder.name}.so"
+    if built.exists():
+        return _import(folder.name, built)
     quiet = logging.getLogger("torch.utils.cpp_extension")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # its import warns about CUDA_HOME on machines without CUDA: irrelevant here
@@ -73,14 +92,29 @@ def build(verbose: bool = False) -> ModuleType:
     finally:
         quiet.setLevel(level)
     _find_ninja()
-    log.info("cafusion: loading the native CPU kernels (compiling them the first time takes ~30-60 s)")
+    log.info("cafusion: compiling the native CPU kernels into %s (once, ~30-60 s)", folder)
+    folder.mkdir(parents=True, exist_ok=True)
     module: ModuleType = load(
-        name=build_name(),
+        name=folder.name,
         sources=[str(_SOURCE)],
         extra_cflags=_CFLAGS,
         extra_ldflags=_LDFLAGS,
+        build_directory=str(folder),
         verbose=verbose,
     )
+    return module
+
+
+def _import(name: str, path: Path) -> ModuleType:
+    """Import a compiled extension module from its file (what torch's ``load`` does once it is built)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import the native CPU kernels from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules[name] = module
     return module
 
 
