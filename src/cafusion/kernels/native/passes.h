@@ -88,9 +88,9 @@ inline A sum_lanes(A* s) {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// pool_stats: per (b, c) the mean and the max over N, and the first argmax when kIndex.
+// pool_stats: per (b, c) the mean, the max over N and its first position.
 
-template <typename T, bool kIndex>
+template <typename T>
 void pool_row(const T* p, int64_t n, acc_t<T>* avg, acc_t<T>* mx, int64_t* idx) {
   using A = acc_t<T>;
   A s[kLanes], m[kLanes];
@@ -111,7 +111,7 @@ void pool_row(const T* p, int64_t n, acc_t<T>* avg, acc_t<T>* mx, int64_t* idx) 
         s[l] += v;
         const bool take = takes_over(v, m[l]);
         m[l] = take ? v : m[l];
-        if (kIndex) ix[l] = take ? static_cast<int32_t>(k + l) : ix[l];
+        ix[l] = take ? static_cast<int32_t>(k + l) : ix[l];
       }
     }
     total += sum_lanes(s);
@@ -131,7 +131,7 @@ void pool_row(const T* p, int64_t n, acc_t<T>* avg, acc_t<T>* mx, int64_t* idx) 
   reduce_lanes<A>(m, ix, &best, &at);
   *avg = static_cast<A>(total / static_cast<double>(n));
   *mx = best;
-  if (kIndex) *idx = at;
+  *idx = at;
 }
 
 #if defined(__AVX512F__)
@@ -202,7 +202,7 @@ inline int64_t group_offsets(View v, int64_t C, int64_t r0, int64_t width, int32
 }
 
 // channels_last: one task owns a sample and a chunk of <= kChunk channels and walks N.
-template <typename T, bool kIndex>
+template <typename T>
 void pool_chunk(const T* base, View v, int64_t width, int64_t n, acc_t<T>* avg, acc_t<T>* mx, int64_t* idx) {
   using A = acc_t<T>;
   A s[kChunk], m[kChunk];
@@ -222,7 +222,7 @@ void pool_chunk(const T* base, View v, int64_t width, int64_t n, acc_t<T>* avg, 
       s[c] += x;
       const bool take = takes_over(x, m[c]);
       m[c] = take ? x : m[c];
-      if (kIndex) ix[c] = take ? pos : ix[c];
+      ix[c] = take ? pos : ix[c];
     }
     if ((k + 1) % kBlock == 0 || k + 1 == n) {
       for (int64_t c = 0; c < width; ++c) {
@@ -234,7 +234,7 @@ void pool_chunk(const T* base, View v, int64_t width, int64_t n, acc_t<T>* avg, 
   for (int64_t c = 0; c < width; ++c) {
     avg[c] = static_cast<A>(total[c] / static_cast<double>(n));
     mx[c] = m[c];
-    if (kIndex) idx[c] = ix[c];
+    idx[c] = ix[c];
   }
 }
 
@@ -249,7 +249,7 @@ inline Chunks chunks_of(int64_t b, int64_t c) {
 
 inline int64_t grain_rows(int64_t n) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, n)); }
 
-template <typename T, bool kIndex>
+template <typename T>
 void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
   using A = acc_t<T>;
   const int64_t B = x3.size(0), C = x3.size(1), N = x3.size(2);
@@ -257,7 +257,7 @@ void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
   const T* x = x3.data_ptr<T>();
   A* pa = avg.data_ptr<A>();
   A* pm = mx.data_ptr<A>();
-  int64_t* pi = kIndex ? idx.data_ptr<int64_t>() : nullptr;
+  int64_t* pi = idx.data_ptr<int64_t>();
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (gather_rows(x3)) {
@@ -278,7 +278,7 @@ void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
     at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
         const int64_t b = r / C, c = r % C;
-        pool_row<T, kIndex>(x + b * v.b + c * v.c, N, pa + r, pm + r, kIndex ? pi + r : nullptr);
+        pool_row<T>(x + b * v.b + c * v.c, N, pa + r, pm + r, pi + r);
       }
     });
     return;
@@ -288,8 +288,7 @@ void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
     for (int64_t t = lo; t < hi; ++t) {
       const int64_t b = t / ch.per_sample, c0 = (t % ch.per_sample) * kChunk;
       const int64_t o = b * C + c0;
-      pool_chunk<T, kIndex>(x + b * v.b + c0 * v.c, v, std::min(kChunk, C - c0), N, pa + o, pm + o,
-                            kIndex ? pi + o : nullptr);
+      pool_chunk<T>(x + b * v.b + c0 * v.c, v, std::min(kChunk, C - c0), N, pa + o, pm + o, pi + o);
     }
   });
 }
@@ -468,7 +467,7 @@ inline std::vector<Tensor> pool_stats(const Tensor& x3, bool need_index) {
   // anyway), and GCC vectorises the loop with it better than without, so it is always computed.
   Tensor idx = at::empty({x3.size(0), x3.size(1)}, x3.options().dtype(at::kLong));
   if (avg.numel() != 0)
-    CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_stats", [&] { pool_impl<scalar_t, true>(x3, avg, mx, idx); });
+    CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_stats", [&] { pool_impl<scalar_t>(x3, avg, mx, idx); });
   return {avg, mx, need_index ? idx : Tensor()};
 }
 
