@@ -231,6 +231,21 @@ def test_output_buffers_are_reused_and_the_cache_is_bounded(lib: ModuleType) -> 
     assert lib.cache_limit() == 1 << 30
 
 
+def test_outputs_from_the_cache_are_ordinary_tensors(lib: ModuleType, tmp_path: Path) -> None:
+    """Resizable (``out=`` arguments resize), savable, shareable between processes."""
+    x3 = torch.randn(4, 64, 32, 32).flatten(2)
+    y = lib.scale(x3, torch.rand(4, 64))
+    want = y.clone()
+    torch.save(y, tmp_path / "y.pt")
+    assert torch.equal(torch.load(tmp_path / "y.pt"), want)
+    y.share_memory_()
+    assert y.is_shared() and torch.equal(y, want)
+    z = lib.scale(x3, torch.rand(4, 64))
+    z.resize_(z.numel() + 7)  # a bigger block from the same allocator
+    z[-1] = 1.0
+    assert z.shape == (x3.numel() + 7,)
+
+
 def test_cache_limit_from_the_environment() -> None:
     code = "from cafusion.kernels import native; print(native.library().cache_limit())"
     assert run_python(code, CAFUSION_CPU_CACHE_MB="3") == str(3 * 2**20)

@@ -3,6 +3,8 @@
 
 #include <torch/extension.h>
 
+#include <ATen/EmptyTensor.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <list>
@@ -92,15 +94,42 @@ class BufferCache {
 
 constexpr int64_t kCacheMin = int64_t(1) << 20;  // bytes; smaller outputs are cheap to allocate anyway
 
-// An uninitialised dense tensor with these sizes and strides, from the cache when it is big.
+// BufferCache behind torch's Allocator interface: the kernels' outputs are ordinary CPU tensors
+// (resizable, shareable, picklable) whose memory goes back to the cache when they are freed.
+class CachedAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t n) override {
+    const c10::Device cpu(c10::DeviceType::CPU);
+    if (n == 0) return {nullptr, nullptr, &release, cpu};
+    void* p = BufferCache::get().take(n);
+    return {p, new Block{p, n}, &release, cpu};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  struct Block {
+    void* p;
+    size_t n;
+  };
+  static void release(void* ctx) {
+    if (ctx == nullptr) return;
+    const Block* b = static_cast<Block*>(ctx);
+    BufferCache::get().give(b->p, b->n);
+    delete b;
+  }
+};
+
+// An uninitialised tensor with these sizes and strides, from the cache when it is big.
 inline Tensor empty_cached(at::IntArrayRef sizes, at::IntArrayRef strides, const at::TensorOptions& options) {
-  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(c10::elementSize(
-                                                             c10::typeMetaToScalarType(options.dtype())));
-  BufferCache& cache = BufferCache::get();
-  if (bytes < kCacheMin || static_cast<size_t>(bytes) > cache.limit()) return at::empty_strided(sizes, strides, options);
-  void* p = cache.take(static_cast<size_t>(bytes));
-  const size_t n = static_cast<size_t>(bytes);
-  return at::from_blob(p, sizes, strides, [n](void* q) { BufferCache::get().give(q, n); }, options);
+  const auto dtype = c10::typeMetaToScalarType(options.dtype());
+  const int64_t bytes = c10::multiply_integers(sizes) * static_cast<int64_t>(c10::elementSize(dtype));
+  if (bytes < kCacheMin || static_cast<size_t>(bytes) > BufferCache::get().limit())
+    return at::empty_strided(sizes, strides, options);
+  static CachedAllocator allocator;
+  return at::detail::empty_strided_generic(sizes, strides, &allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                           dtype);
 }
 
 // The output for a (B, C, *spatial) input: the input's strides when its (B, C, N) flattening is a view
