@@ -249,6 +249,16 @@ inline Chunks chunks_of(int64_t b, int64_t c) {
 
 inline int64_t grain_rows(int64_t n) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(1, n)); }
 
+// Runs f(r0, width) over the rows in groups of kLanes (the last group may be short), in parallel: the
+// driver of the gathered short-row passes.
+template <typename F>
+void each_row_group(int64_t rows, int64_t n, const F& f) {
+  const int64_t groups = (rows + kLanes - 1) / kLanes;
+  at::parallel_for(0, groups, grain_rows(n * kLanes), [&](int64_t lo, int64_t hi) {
+    for (int64_t g = lo; g < hi; ++g) f(g * kLanes, std::min(kLanes, rows - g * kLanes));
+  });
+}
+
 template <typename T>
 void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
   using A = acc_t<T>;
@@ -261,14 +271,10 @@ void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (gather_rows(x3)) {
-      const int64_t groups = (B * C + kLanes - 1) / kLanes;
-      at::parallel_for(0, groups, grain_rows(N * kLanes), [&](int64_t lo, int64_t hi) {
+      each_row_group(B * C, N, [&](int64_t r0, int64_t width) {
         alignas(64) int32_t off[kLanes];
-        for (int64_t g = lo; g < hi; ++g) {
-          const int64_t r0 = g * kLanes, width = std::min(kLanes, B * C - r0);
-          const int64_t first = group_offsets(v, C, r0, width, off);
-          pool_rows16_f32(x + first, off, width, N, pa + r0, pm + r0, pi + r0);
-        }
+        const int64_t first = group_offsets(v, C, r0, width, off);
+        pool_rows16_f32(x + first, off, width, N, pa + r0, pm + r0, pi + r0);
       });
       return;
     }
@@ -362,14 +368,10 @@ void grad_ca_impl(const Tensor& dy3, const Tensor& x3, Tensor& out) {
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float>) {
     if (gather_rows(x3) && gather_rows(dy3)) {
-      const int64_t groups = (B * C + kLanes - 1) / kLanes;
-      at::parallel_for(0, groups, grain_rows(N * kLanes), [&](int64_t lo, int64_t hi) {
+      each_row_group(B * C, N, [&](int64_t r0, int64_t width) {
         alignas(64) int32_t off_d[kLanes], off_x[kLanes];
-        for (int64_t g = lo; g < hi; ++g) {
-          const int64_t r0 = g * kLanes, width = std::min(kLanes, B * C - r0);
-          const int64_t fd = group_offsets(vd, C, r0, width, off_d), fx = group_offsets(vx, C, r0, width, off_x);
-          dot_rows16_f32(d + fd, off_d, x + fx, off_x, width, N, o + r0);
-        }
+        const int64_t fd = group_offsets(vd, C, r0, width, off_d), fx = group_offsets(vx, C, r0, width, off_x);
+        dot_rows16_f32(d + fd, off_d, x + fx, off_x, width, N, o + r0);
       });
       return;
     }
@@ -454,7 +456,6 @@ void grad_input_impl(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, c
     }
   });
 }
-
 
 // ---------------------------------------------------------------------------------------------------
 // Entry points of the passes: allocate, check, dispatch on the dtype.
