@@ -220,13 +220,11 @@ def check_edges() -> int:
 def check_block() -> int:
     """The whole block with the fast path on the Triton kernels (both the passes and the small path)."""
     from cafusion import ChannelAttentionFusionT
-    from cafusion.kernels import op, triton_ops, triton_small
+    from cafusion.kernels import native, op, triton_ops, triton_small
 
     op.backend = lambda x: triton_ops  # type: ignore[assignment]  # CPU tensors would get the torch path
     op.small_path = lambda t, dtype=None: triton_small  # type: ignore[attr-defined]
-    native = getattr(op, "native", None)
-    if native is not None:  # CPU-only compiled kernels would take the whole block over on CPU tensors
-        native.for_tensor = lambda t: None
+    native.for_tensor = lambda x3: None  # type: ignore[assignment]  # ... or the C++ kernels
     calls = {"forward": 0, "backward": 0}
     for name in calls:
         setattr(triton_small, name, _counted(getattr(triton_small, name), calls, name))

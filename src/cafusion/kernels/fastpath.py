@@ -12,12 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cafusion._dtypes import compute_dtype
+from cafusion._dtypes import FLOAT_DTYPES, compute_dtype
 from cafusion.kernels import small
 from cafusion.kernels.eager import FusedChannelAttention
 from cafusion.kernels.op import caft_forward, fused_forward
-
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _functorch_active() -> bool:
@@ -46,7 +44,7 @@ def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float
         return "autocast is enabled"
     if _functorch_active():
         return "a functorch transform (vmap/grad/jacrev) is active"
-    if x.dtype not in _DTYPES:
+    if x.dtype not in FLOAT_DTYPES:
         return f"x has dtype {x.dtype}"
     present = [t for t in weights if t is not None]
     dtype = present[0].dtype

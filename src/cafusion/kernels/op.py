@@ -46,6 +46,11 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def _native_flags(fusion: str, gate: str, act: str) -> tuple[bool, bool, bool]:
+    """The configuration as the C++ kernels take it: (softmax fusion, hardsigmoid gate, silu activation)."""
+    return fusion == "softmax", gate == "hardsigmoid", act == "silu"
+
+
 def _nothing(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """The empty tensor a custom op returns where the math has no tensor (ops cannot return None)."""
     return like.new_empty((0,), dtype=dtype or like.dtype)
@@ -62,7 +67,7 @@ def fused_forward(
     x3 = _flat(x)
     lib = native.for_tensor(x3)
     if lib is not None:  # the CPU kernels: the whole forward in one call
-        flags = (fusion == "softmax", gate == "hardsigmoid", act == "silu")
+        flags = _native_flags(fusion, gate, act)
         y, ca, fusion_w, avg, mx, idx, *state = lib.forward(x, list(p), *flags, need_index)
         return y, ca, fusion_w, avg, mx, idx, state
     ops = backend(x)
@@ -95,7 +100,7 @@ def fused_backward(
     x3 = _flat(x)
     lib = native.for_tensor(x3)
     if lib is not None:  # the CPU kernels: the whole backward in one call
-        flags = (fusion == "softmax", gate == "hardsigmoid", act == "silu")
+        flags = _native_flags(fusion, gate, act)
         state = [] if fw is None else list(fw)  # empty: the kernels recompute the small path
         dy = native.like(dy, x)
         dx, *grads = lib.backward(dy, g_ca, g_fusion_w, g_avg, g_mx, x, avg, mx, idx, list(p), state, *flags, need_x)

@@ -30,11 +30,12 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from cafusion._dtypes import FLOAT_DTYPES
+
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "caft_cpu.cpp"  # includes the headers beside it
 _CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 _LDFLAGS = ["-fopenmp"]
-_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _MAX_N = 2**31 - 1  # lane indices are int32
 ENV = "CAFUSION_NATIVE"
 CACHE_ENV = "CAFUSION_CPU_CACHE_MB"
@@ -190,14 +191,14 @@ def layout_ok(t3: Tensor) -> bool:
     b, c, n = t3.shape
     if n > _MAX_N:
         return False
-    if t3.stride(2) == 1 or n == 1:
+    if _rows(t3):
         return True
     return t3.stride(1) == 1 and t3.stride(2) == c and (b == 1 or t3.stride(0) == c * n)
 
 
 def for_tensor(x3: Tensor) -> ModuleType | None:
     """The kernels if they apply to ``x3`` (a CPU float tensor in a layout they take), else None."""
-    if x3.device.type != "cpu" or x3.dtype not in _DTYPES or not layout_ok(x3):
+    if not x3.is_cpu or x3.dtype not in FLOAT_DTYPES or not layout_ok(x3):
         return None
     return library()
 
