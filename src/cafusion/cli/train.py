@@ -39,7 +39,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model",
         default="small_cnn",
         metavar="NAME",
-        help="small_cnn (1D/2D/3D input), timm:<name> or torchvision:<name> (images, random init); "
+        help="small_cnn (1D/2D/3D input), fcn or resnet (1D signals), timm:<name> or torchvision:<name> "
+        "(images, random init); "
         "default: %(default)s",
     )
     p.add_argument("--attention", default="caft", metavar="NAME", help="registry name of the block; default: caft")

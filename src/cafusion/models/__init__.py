@@ -1,5 +1,6 @@
 """Small reference models used by the demo, the trainer and the tests."""
 
 from cafusion.models.small_cnn import SmallCNN
+from cafusion.models.timeseries import FCN, ResNet
 
-__all__ = ["SmallCNN"]
+__all__ = ["FCN", "ResNet", "SmallCNN"]

@@ -4,6 +4,7 @@
 "SmallCNN", "kwargs": {...}}}`` so a checkpoint rebuilds its own architecture; a training run may
 put the same ``"model"`` entry inside its ``"config"`` and ``load_model`` finds it there too.
 Every failure (missing, corrupt, other architecture) is a ``ModelCheckpointError`` with one-line text.
+The weights themselves are read and written by ``cafusion.integrations.weights``, like every weights file.
 """
 
 from __future__ import annotations
@@ -14,10 +15,16 @@ from typing import Any
 
 from torch import nn
 
+from cafusion.integrations.weights import WeightsError, read_safetensors, write_safetensors
 from cafusion.models.small_cnn import SmallCNN
+from cafusion.models.timeseries import FCN, ResNet
 
 FORMAT_VERSION = 1
-MODELS: dict[str, type[nn.Module]] = {"SmallCNN": SmallCNN}
+LOOKS_LIKE = (
+    "a cafusion checkpoint is a .safetensors file with a .json sidecar of the same name "
+    "(cafusion demo, save_model), or a 'cafusion train' run folder"
+)
+MODELS: dict[str, type[nn.Module]] = {"SmallCNN": SmallCNN, "FCN": FCN, "ResNet": ResNet}
 
 
 class ModelCheckpointError(ValueError):
@@ -55,15 +62,11 @@ def sidecar_path(weights: str | Path) -> Path:
 
 def save_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``path`` (.safetensors) and its sidecar; ``extra`` is stored alongside (e.g. metrics)."""
-    from safetensors.torch import save_file
-
     weights = Path(path)
     if weights.suffix != ".safetensors":
         raise ValueError(f"checkpoint path must end in .safetensors, got {str(weights)!r}")
     spec = model_spec(model)
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(weights))
+    write_safetensors(model.state_dict(), weights)
     sidecar = {"format_version": FORMAT_VERSION, "model": spec, "extra": extra or {}}
     sidecar_path(weights).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return weights
@@ -80,21 +83,24 @@ def _find_spec(sidecar: Any) -> Any:
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model from the sidecar and load the weights strictly; returns (model, sidecar)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights = Path(path)
     if weights.is_dir():  # a training run folder: follow its latest.json pointer
         pointer = weights / "latest.json"
         try:
             weights = weights / str(json.loads(pointer.read_text(encoding="utf-8"))["weights"])
         except (OSError, ValueError, KeyError, TypeError):
-            raise ModelCheckpointError(f"{str(path)!r} is a folder without a readable latest.json") from None
+            raise ModelCheckpointError(
+                f"{str(path)!r} is a folder without a readable latest.json, so not a run folder; {LOOKS_LIKE}"
+            ) from None
     if not weights.is_file():
         raise ModelCheckpointError(f"checkpoint {str(weights)!r} does not exist")
+    if weights.suffix != ".safetensors":
+        raise ModelCheckpointError(f"{str(weights)!r} is not a cafusion checkpoint; {LOOKS_LIKE}")
     meta = sidecar_path(weights)
     if not meta.is_file():
-        raise ModelCheckpointError(f"checkpoint sidecar {str(meta)!r} (model config) does not exist")
+        raise ModelCheckpointError(
+            f"{str(weights)!r} is not a cafusion checkpoint: its sidecar {meta.name!r} is missing; {LOOKS_LIKE}"
+        )
     try:
         sidecar = json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -104,9 +110,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise NoModelSpecError(f"checkpoint sidecar {str(meta)!r} has no 'model' entry")
     model = build_model(spec)
     try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelCheckpointError(f"checkpoint {str(weights)!r} is not a readable safetensors file: {exc}") from None
+        state = read_safetensors(weights)
+    except WeightsError as exc:
+        raise ModelCheckpointError(f"checkpoint {exc}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -1,6 +1,7 @@
 """Build the model a training run asks for: the small CNN, or a timm/torchvision model by name.
 
-Names: ``small_cnn`` (any input rank: 1D signals, images, volumes), ``timm:<name>`` and
+Names: ``small_cnn`` (any input rank: 1D signals, images, volumes), ``fcn`` and ``resnet`` (1D
+signals: Wang et al. 2017's time-series baselines), ``timm:<name>`` and
 ``torchvision:<name>`` (2D images only, random init: nothing is ever downloaded). The attention
 block comes from the registry by name with its options; ``--norm`` can swap batch norm for group
 norm or nothing, which is what makes a multi-process CPU run reproduce a single-process one (batch
@@ -18,6 +19,7 @@ from typing import Any
 from torch import nn
 
 MODEL_PREFIXES = ("timm:", "torchvision:")
+TIMESERIES_MODELS = ("fcn", "resnet")  # Wang et al. 2017: 1D signals (N, C, L) only
 NORMS = ("batch", "group", "none")
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -75,8 +77,13 @@ def build_model(spec: ModelSpec) -> nn.Module:
             )
         library, _, arch = spec.name.partition(":")
         model = _build_timm(spec, arch) if library == "timm" else _build_torchvision(spec, arch)
+    elif spec.name in TIMESERIES_MODELS:
+        model = _build_timeseries(spec)
     else:
-        raise ModelError(f"--model must be 'small_cnn', 'timm:<name>' or 'torchvision:<name>', got {spec.name!r}")
+        raise ModelError(
+            f"--model must be 'small_cnn', 'timm:<name>' or 'torchvision:<name>' (or, for 1D signals, "
+            f"{' or '.join(map(repr, TIMESERIES_MODELS))}), got {spec.name!r}"
+        )
     if spec.norm != "batch" and not spec.name.startswith("torchvision:"):  # torchvision: done before insertion
         replace_batch_norm(model, spec.norm)
     return model
@@ -108,6 +115,18 @@ def _block_factory(spec: ModelSpec) -> Any:
 
     factory = get_attention(spec.attention)
     return partial(factory, **dict(spec.attention_kwargs)) if spec.attention_kwargs else factory
+
+
+def _build_timeseries(spec: ModelSpec) -> nn.Module:
+    if spec.dims != 1:
+        raise ModelError(
+            f"model {spec.name!r} takes 1D signals (N, C, L); this data has {spec.dims} spatial dims: "
+            "use --model small_cnn, timm:<name> or torchvision:<name>"
+        )
+    from cafusion.models.timeseries import FCN, ResNet
+
+    cls = FCN if spec.name == "fcn" else ResNet
+    return cls(spec.in_channels, spec.num_classes, attention=spec.attention, attention_kwargs=spec.attention_kwargs)
 
 
 def _build_timm(spec: ModelSpec, arch: str) -> nn.Module:
