@@ -1,9 +1,11 @@
-"""Save and load a model's weights: safetensors (``.safetensors``) or torch's format (anything else).
+"""The one module that reads and writes weights files: safetensors (``.safetensors``) or torch's format.
 
-Both paths end in ``model.load_state_dict(..., strict=strict)``, so a checkpoint saved with another
-block configuration (other fusion, channels, temperature mode, bias) fails with the block's own
-explanation of what differs, not only torch's list of raw keys. torch files are read with
-``weights_only=True``: a weights file never runs code.
+Everything that stores a state_dict goes through here: the public :func:`save_weights` /
+:func:`load_weights`, the demo's and ``inspect``'s model checkpoints (``cafusion.models.checkpoint``)
+and the trainer's checkpoints (``cafusion.training.checkpoint``). So there is one rule for what is
+written (detached, contiguous CPU tensors that share no memory, which safetensors requires) and one
+error for a file that cannot be read (:class:`WeightsError`, one line naming the file). torch files
+are read with ``weights_only=True``: a weights file never runs code.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from cafusion import __version__
 SAFETENSORS_SUFFIX = ".safetensors"
 
 
+class WeightsError(ValueError):
+    """A weights file that exists but cannot be read (damaged, truncated, or not a weights file)."""
+
+
 def _is_safetensors(path: str | os.PathLike[str]) -> bool:
     return Path(path).suffix == SAFETENSORS_SUFFIX
 
 
-def _unshared(state: dict[str, Any]) -> dict[str, Tensor]:
-    """Contiguous tensors with no two sharing memory: safetensors refuses shared or strided storage.
+def storable(state: dict[str, Any]) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors with no two sharing memory: what safetensors accepts.
 
     Tied weights are written twice (and both keys load back); 0-d tensors such as the temperature
     ``T`` / ``t_raw`` are stored as scalars, which safetensors supports.
@@ -35,13 +41,48 @@ def _unshared(state: dict[str, Any]) -> dict[str, Tensor]:
     for key, value in state.items():
         if not isinstance(value, Tensor):
             raise TypeError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
-        tensor = value.detach()
+        tensor = value.detach().cpu()
         storage = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
         if storage in seen or not tensor.is_contiguous():
             tensor = tensor.clone(memory_format=torch.contiguous_format)
         seen.add(storage)
         out[key] = tensor
     return out
+
+
+def _header(metadata: dict[str, str] | None) -> dict[str, str]:
+    return {"format": "pt", "cafusion_version": __version__, **(metadata or {})}
+
+
+def safetensors_bytes(state: dict[str, Any], metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors file for ``state`` as bytes (for callers that write atomically themselves)."""
+    from safetensors.torch import save
+
+    return bytes(save(storable(state), metadata=_header(metadata)))
+
+
+def write_safetensors(
+    state: dict[str, Any], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``state`` to ``path`` in safetensors format; ``metadata`` (str -> str) goes into the header."""
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(storable(state), str(target), metadata=_header(metadata))
+    return target
+
+
+def read_safetensors(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """The tensors of a safetensors file; a damaged or foreign file is a one-line :class:`WeightsError`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise WeightsError(f"{str(path)!r} is not a readable safetensors file: {reason}") from None
 
 
 def save_weights(model: nn.Module, path: str | os.PathLike[str], *, metadata: dict[str, str] | None = None) -> Path:
@@ -53,17 +94,12 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str], *, metadata: di
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
     if _is_safetensors(target):
-        from safetensors.torch import save_file
-
-        header = {"format": "pt", "cafusion_version": __version__, **(metadata or {})}
-        save_file(_unshared(state), str(target), metadata=header)
-    else:
-        if metadata is not None:
-            raise ValueError("metadata is only stored in .safetensors files")
-        torch.save(state, target)
+        return write_safetensors(model.state_dict(), target, metadata)
+    if metadata is not None:
+        raise ValueError("metadata is only stored in .safetensors files")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), target)
     return target
 
 
@@ -73,9 +109,7 @@ def read_weights(path: str | os.PathLike[str], map_location: str | torch.device 
     if not source.is_file():
         raise FileNotFoundError(f"no weights file at {str(source)!r}")
     if _is_safetensors(source):
-        from safetensors.torch import load_file
-
-        return load_file(str(source), device=str(map_location))
+        return read_safetensors(source, map_location)
     state = torch.load(source, map_location=map_location, weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{str(source)!r} holds a {type(state).__name__}, not a state_dict")

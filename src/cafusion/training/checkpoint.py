@@ -5,7 +5,8 @@ weights), ``epoch-E.state.pt`` (optimizer, grad scaler, RNG states, counters; re
 ``weights_only=True``) and ``epoch-E.json`` (the run config). Each is written to a temporary file in
 the same folder and renamed into place, and only then is the small pointer ``<run>/latest.json``
 replaced. A crash or SIGKILL at any moment therefore leaves ``latest.json`` naming a complete,
-consistent set; the older set is deleted only after the pointer has moved.
+consistent set; the older set is deleted only after the pointer has moved. The weights file is
+written and read by ``cafusion.integrations.weights``, the one module for weights files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import IO, Any
 
 import torch
 from torch import Tensor
+
+from cafusion.integrations.weights import WeightsError, read_safetensors, safetensors_bytes
 
 POINTER = "latest.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -43,16 +46,20 @@ class Checkpoint:
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` through a temporary sibling and ``os.replace``: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = ""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # name the file being written, not its temporary sibling
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
         raise
     _fsync_dir(path.parent)
 
@@ -69,14 +76,10 @@ def save_checkpoint(
     config: dict[str, Any],
 ) -> Path:
     """Write the checkpoint for ``epoch`` (number of finished epochs) and point ``latest.json`` at it."""
-    from safetensors.torch import save
-
     run = Path(run_dir)
     stem = f"epoch-{epoch:04d}"
     folder = run / CHECKPOINT_DIR
-    # clone: safetensors refuses tensors that share storage (tied weights), and needs them on the CPU.
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()}
-    blob = save(tensors, metadata={"epoch": str(epoch), "format": "pt"})
+    blob = safetensors_bytes(weights, metadata={"epoch": str(epoch)})
     paths = {
         "weights": folder / f"{stem}.safetensors",
         "state": folder / f"{stem}.state.pt",
@@ -113,9 +116,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load a checkpoint (run folder or weights file); any missing or damaged part is a CheckpointError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     weights_path = resolve_checkpoint(path)
     base = str(weights_path)[: -len(".safetensors")]
     state_path, config_path = Path(base + ".state.pt"), Path(base + ".json")
@@ -123,13 +123,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if not part.is_file():
             raise CheckpointError(f"checkpoint part {str(part)!r} is missing")
     try:
-        weights = load_file(weights_path)
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint weights {str(weights_path)!r}: {exc}") from None
+        weights = read_safetensors(weights_path)
+    except WeightsError as exc:
+        raise CheckpointError(f"cannot read checkpoint weights: {exc}") from None
+    if state_path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint state {str(state_path)!r} is empty (0 bytes): the file was truncated")
     try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many kinds (zip, pickle, unpickling policy)
-        raise CheckpointError(f"cannot read checkpoint state {str(state_path)!r}: {exc}".splitlines()[0]) from None
+        reason = _first_line(exc)
+        raise CheckpointError(f"cannot read checkpoint state {str(state_path)!r}: {reason}") from None
     try:
         sidecar = json.loads(config_path.read_text(encoding="utf-8"))
         config, epoch = dict(sidecar["config"]), int(sidecar["epoch"])
@@ -138,6 +141,12 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint state {str(state_path)!r} is not a dict")
     return Checkpoint(weights=weights, state=state, config=config, epoch=epoch, path=weights_path)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text, or its type when it has none."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _fsync_dir(folder: Path) -> None:
