@@ -21,6 +21,7 @@ COMMANDS = (
     "cafusion.cli.bench",
     "cafusion.cli.inspect",
     "cafusion.cli.train",
+    "cafusion.cli.compare",
     "cafusion.cli.build_native",
 )
 

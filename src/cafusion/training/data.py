@@ -52,7 +52,14 @@ class Dataset:
 
 
 def load_dataset(path: str | Path) -> Dataset:
-    """Read ``path``: a folder of class sub-folders of PNG/JPEG images, or a ``.npz``/``.pt`` file."""
+    """Read ``path``: a folder of class sub-folders of PNG/JPEG images, or a ``.npz``/``.pt`` file.
+
+    ``ucr:NAME`` reads the published TRAIN split of a UCR/UEA set bundled in aeon (see ``ucr.py``).
+    """
+    if isinstance(path, str) and path.startswith("ucr:"):
+        from cafusion.training.ucr import load_ucr
+
+        return load_ucr(path[len("ucr:") :]).train
     p = Path(path)
     if not p.exists():
         raise DataError(f"data path {str(p)!r} does not exist")

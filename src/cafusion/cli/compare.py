@@ -1,0 +1,174 @@
+"""``cafusion compare``: paired ablations of attention blocks over seeds, with statistics and a report.
+
+Options become a :class:`~cafusion.compare.config.CompareConfig`; the runs are planned, sharded and
+executed by ``cafusion.compare``, and the report is rebuilt from every finished run under ``--out``.
+Torch is imported inside ``_run`` so that ``cafusion --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+EPILOG = """\
+data: ucr:NAME (a UCR/UEA set bundled in aeon: GunPoint, ArrowHead, ItalyPowerDemand, BasicMotions,
+JapaneseVowels, ...; published split, z-normalised per series), digits (scikit-learn's 8x8 digits),
+or a path that 'cafusion train' reads (image folder, .npz/.pt: split with --test-fraction per seed).
+Repeat --data or separate sources with commas.
+
+pairing: for each seed every variant gets the same split, the same batch order and the same initial
+weights for every layer it shares with the 'none' model.
+
+recipe (Fawaz et al. 2019): Adam, ReduceLROnPlateau on the training loss (--factor, --patience,
+--min-lr), batch min(N/10, 16) for fcn and min(N/10, 64) for resnet unless --batch-size is given;
+the model with the lowest training loss is tested. The paper trains 2000 (fcn) / 1500 (resnet) epochs.
+
+scale out: --jobs N runs N runs at once on this machine (cores split between them); --shard K/N
+runs every N-th run, e.g. one per Slurm array task; each run writes <out>/runs/<id>.json. Running
+again skips finished runs (resume) and rebuilds the report from all of them; --report-only only
+rebuilds it (this merges the shards).
+
+out: runs/*.json (one per run), report.json, report.md, runs.csv, <dataset>__<model>.png.
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "compare",
+        help="paired ablation of attention blocks over seeds and data sets, with tests and a report",
+        description=__doc__.splitlines()[0].split(": ", 1)[1] if __doc__ else None,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", action="append", default=[], metavar="SOURCE", help="ucr:NAME, digits or a path")
+    p.add_argument("--model", default="fcn", metavar="NAME", help="fcn, resnet, small_cnn, timm:/torchvision:<name>")
+    p.add_argument(
+        "--attention",
+        default="none,se,eca,cbam,caft,caft_sum",
+        metavar="A,B,...",
+        help="registry names to compare; default: %(default)s",
+    )
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=NAME:K=V,...",
+        help="an extra variant with its own options, e.g. caft_sum_lt=caft_sum:learnable_temperature=true",
+    )
+    p.add_argument("--attn-opt", action="append", default=[], metavar="KEY=VALUE", help="option for every block")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds; default: %(default)s")
+    p.add_argument("--first-seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--epochs", type=int, default=100, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's (see below)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate; default: %(default)s")
+    p.add_argument("--min-lr", type=float, default=1e-4, help="default: %(default)s")
+    p.add_argument("--patience", type=int, default=50, help="ReduceLROnPlateau patience; default: %(default)s")
+    p.add_argument("--factor", type=float, default=0.5, help="ReduceLROnPlateau factor; default: %(default)s")
+    p.add_argument(
+        "--budgets", default="auto", metavar="E1,E2,...", help="epochs at which to test too; auto: 1,2,4,..."
+    )
+    p.add_argument("--test-fraction", type=float, default=0.2, help="for sources without a published split")
+    p.add_argument("--widths", default="32,64", metavar="W1,W2", help="small_cnn stage widths; default: 32,64")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; default: cpu")
+    p.add_argument("--out", default="runs/compare", metavar="DIR", help="default: %(default)s")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once on this machine; default: 1")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run; default: cores / jobs")
+    p.add_argument("--shard", default="1/1", metavar="K/N", help="run only every N-th run, from the K-th")
+    p.add_argument("--resume", action="store_true", help="accepted for clarity: finished runs are always skipped")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs under --out")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNGs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none anyway when not a TTY)")
+    p.set_defaults(func=_run)
+    return p
+
+
+def _ints(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated ints, got {text!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The validated CompareConfig of the parsed options (one-line ValueError/TypeError otherwise)."""
+    from cafusion.cli.train import parse_options
+    from cafusion.compare.config import CompareConfig, default_budgets, parse_variant
+
+    common = parse_options(args.attn_opt)
+    names = [n.strip() for n in args.attention.split(",") if n.strip()]
+    variants = [parse_variant(n, common) for n in names] + [parse_variant(v, common) for v in args.variant]
+    sources = [s.strip() for d in args.data for s in d.split(",") if s.strip()]
+    config = CompareConfig(
+        data=sources,
+        model=args.model,
+        variants=variants,
+        seeds=args.seeds,
+        first_seed=args.first_seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        patience=args.patience,
+        factor=args.factor,
+        test_fraction=args.test_fraction,
+        widths=_ints("--widths", args.widths),
+        device=args.device,
+        out=args.out,
+    ).validate()
+    if args.budgets == "auto":
+        config.budgets = default_budgets(config.epochs)
+    else:
+        config.budgets = _ints("--budgets", args.budgets)
+    return config.validate()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cafusion import _validation as check
+    from cafusion.compare import execute, plan
+    from cafusion.compare.report import build_report, write_report
+
+    out = Path(args.out)
+    if args.report_only:
+        written = write_report(out, build_report(out), figures=not args.no_figures)
+        print(f"report: {written[1]} ({len(written)} files)")
+        return 0
+    jobs = check.positive_int("--jobs", args.jobs)
+    if args.threads is not None:
+        check.positive_int("--threads", args.threads)
+    k, n = plan.parse_shard(args.shard)
+    config = config_from_args(args)
+    _check_model_and_data(config)
+    runs = plan.shard(plan.plan(config), k, n)
+    pending = [r for r in runs if not plan.finished(out, r)]
+    shard = "" if n == 1 else f" (shard {k}/{n})"
+    print(
+        f"{len(runs)} runs{shard}: {len(runs) - len(pending)} already finished, {len(pending)} to run, {jobs} at once"
+    )
+    execute.execute(pending, out, jobs=jobs, threads=args.threads, progress=False if args.no_progress else None)
+    written = write_report(out, build_report(out), figures=not args.no_figures)
+    print(f"report: {written[1]} ({len(written)} files)")
+    return 0
+
+
+def _check_model_and_data(config: Any) -> None:
+    """Read every source and build the model once, so a bad name fails in a second, not mid-way."""
+    import torch
+
+    from cafusion.compare.sources import load_split
+    from cafusion.training.models import ModelSpec, build_model
+
+    for source in config.data:
+        split = load_split(source, config.first_seed, config.test_fraction)
+        print(split.description)
+        with torch.random.fork_rng():
+            build_model(
+                ModelSpec(
+                    config.model,
+                    split.train.in_channels,
+                    split.train.num_classes,
+                    split.train.spatial_dims,
+                    attention="none",
+                    widths=config.widths,
+                )
+            )

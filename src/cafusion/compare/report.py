@@ -1,0 +1,266 @@
+"""The report of a comparison, built from whatever finished result files are under ``--out``.
+
+Because it reads only the per-run files, running the report after every shard has finished (or
+``--report-only``) merges the shards, and the report of a merged set equals that of a single
+unsharded run. Writes report.json (every per-seed result and every p-value), report.md, runs.csv
+and the figures (plots.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from cafusion.compare import stats
+from cafusion.compare.config import BASELINES
+from cafusion.compare.plan import iter_results
+from cafusion.training.checkpoint import atomic_write_text
+
+CSV_FIELDS = (
+    "dataset",
+    "model",
+    "variant",
+    "seed",
+    "test_acc",
+    "test_loss",
+    "best_epoch",
+    "epochs",
+    "batch_size",
+    "params",
+    "seconds_per_epoch",
+)
+# Published means (Fawaz et al. 2019; BasicMotions ResNet from tsml-eval): test accuracy in %.
+PUBLISHED = {
+    ("GunPoint", "fcn"): 100.0,
+    ("GunPoint", "resnet"): 99.1,
+    ("ArrowHead", "fcn"): 84.3,
+    ("ArrowHead", "resnet"): 84.5,
+    ("ItalyPowerDemand", "fcn"): 96.1,
+    ("ItalyPowerDemand", "resnet"): 96.3,
+    ("JapaneseVowels", "fcn"): 99.3,
+    ("JapaneseVowels", "resnet"): 99.2,
+    ("BasicMotions", "resnet"): 100.0,
+}
+CONSISTENCY = (
+    "caft_sum vs cbam is a consistency check, not a finding: with T = 1 and a sigmoid gate caft_sum computes "
+    "CBAM's channel attention, so the two should differ only by their initial block weights. The seed's own "
+    "contribution is the router and the temperature: caft has to beat cbam (and caft_sum) for them to count."
+)
+
+
+def build_report(out: Path) -> dict[str, Any]:
+    """Group every result under ``out`` by (dataset, model) and compute the statistics."""
+    results = list(iter_results(out))
+    if not results:
+        raise ValueError(f"--out {str(out)!r} holds no finished runs (runs/*.json) to report on")
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[(r["dataset"], r["settings"]["model"])].append(r)
+    tables = [_group(dataset, model, runs) for (dataset, model), runs in sorted(groups.items())]
+    by_model: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
+    for t in tables:
+        by_model[t["model"]][t["dataset"]] = {v["variant"]: v["acc"]["mean"] for v in t["variants"]}
+    return {
+        "format": "cafusion-compare/1",
+        "out": str(out),
+        "runs": len(results),
+        "tables": tables,
+        "ranking": {model: stats.ranks(table) for model, table in sorted(by_model.items())},
+        "notes": {
+            "tests": f"paired t-test below {stats.WILCOXON_MIN} seeds, Wilcoxon signed-rank from there; "
+            "p-values are not corrected for multiple comparisons",
+            "consistency": CONSISTENCY,
+        },
+    }
+
+
+def _group(dataset: str, model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        by_variant[r["settings"]["variant"]].append(r)
+    order = [v for v in _variant_order(runs) if v in by_variant]
+    acc = {v: {r["settings"]["seed"]: r["test_acc"] for r in by_variant[v]} for v in order}
+    first = runs[0]
+    variants = []
+    for v in order:
+        rs = sorted(by_variant[v], key=lambda r: r["settings"]["seed"])
+        entry: dict[str, Any] = {
+            "variant": v,
+            "attention": rs[0]["settings"]["attention"],
+            "attention_kwargs": rs[0]["settings"]["attention_kwargs"],
+            "seeds": [r["settings"]["seed"] for r in rs],
+            "test_acc": [r["test_acc"] for r in rs],
+            "acc": stats.describe([r["test_acc"] for r in rs]),
+            "params": rs[0]["params"],
+            "seconds_per_epoch": sum(r["seconds_per_epoch"] for r in rs) / len(rs),
+            "versus": {b: stats.paired(acc[v], acc[b]) for b in BASELINES if b in acc and b != v},
+            "budget_acc": _budget_means(rs),
+        }
+        if any("router" in r for r in rs):
+            entry["router"] = _router_summary(rs)
+        variants.append(entry)
+    published = PUBLISHED.get((dataset, model))
+    return {
+        "dataset": dataset,
+        "model": model,
+        "data": first["data"],
+        "published_split": first.get("published_split", True),
+        "epochs": sorted({r["settings"]["epochs"] for r in runs}),
+        "batch_size": sorted({r["batch_size"] for r in runs}),
+        "published_acc": published,
+        "variants": variants,
+    }
+
+
+def _variant_order(runs: list[dict[str, Any]]) -> list[str]:
+    """Baselines first in their fixed order, then the rest alphabetically."""
+    names = {r["settings"]["variant"] for r in runs}
+    return [b for b in BASELINES if b in names] + sorted(names - set(BASELINES))
+
+
+def _budget_means(runs: list[dict[str, Any]]) -> dict[str, float]:
+    common = set.intersection(*(set(r.get("budget_acc", {})) for r in runs))
+    return {b: sum(r["budget_acc"][b] for r in runs) / len(runs) for b in sorted(common, key=int)}
+
+
+def _router_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per block, over seeds: mean w_avg, share preferring max, collapsed seeds, T, gate saturation."""
+    blocks: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        for name, b in r.get("router", {}).items():
+            blocks[name].append(b)
+    out = {}
+    for name, bs in blocks.items():
+        w = [b["w_avg_mean"] for b in bs if b["w_avg_mean"] is not None]
+        pm = [b["prefer_max"] for b in bs if b["prefer_max"] is not None]
+        t = [b["T"] for b in bs if b["T"] is not None]
+        out[name] = {
+            "w_avg_per_seed": w,
+            "prefer_max_mean": sum(pm) / len(pm) if pm else None,
+            "collapsed_seeds": sum(bool(b["collapsed"]) for b in bs),
+            "seeds": len(bs),
+            "T_mean": sum(t) / len(t) if t else None,
+            "gate_saturation_mean": sum(b["gate_saturation"] for b in bs) / len(bs),
+            "input_max_over_avg": sum(b["input_max_abs"] / max(b["input_avg_abs"], 1e-12) for b in bs) / len(bs),
+        }
+    return out
+
+
+def write_report(out: Path, report: dict[str, Any], figures: bool = True) -> list[Path]:
+    """report.json, report.md, runs.csv and (if matplotlib is there) the PNGs; returns the paths."""
+    written = [out / "report.json", out / "report.md", out / "runs.csv"]
+    atomic_write_text(written[0], json.dumps(report, indent=1, sort_keys=True) + "\n")
+    pngs: list[Path] = []
+    if figures:
+        from cafusion.compare.plots import write_figures
+
+        pngs = write_figures(out, report)
+    atomic_write_text(written[1], render_markdown(report, [p.name for p in pngs]))
+    atomic_write_text(written[2], _csv(out))
+    return written + pngs
+
+
+def _csv(out: Path) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in iter_results(out):
+        s = r["settings"]
+        writer.writerow(
+            {
+                "dataset": r["dataset"],
+                "model": s["model"],
+                "variant": s["variant"],
+                "seed": s["seed"],
+                "test_acc": f"{r['test_acc']:.6f}",
+                "test_loss": f"{r['test_loss']:.6f}",
+                "best_epoch": r["best_epoch"],
+                "epochs": s["epochs"],
+                "batch_size": r["batch_size"],
+                "params": r["params"],
+                "seconds_per_epoch": f"{r['seconds_per_epoch']:.4f}",
+            }
+        )
+    return buf.getvalue()
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _versus(entry: dict[str, Any], baseline: str) -> str:
+    v = entry["versus"].get(baseline)
+    if v is None:
+        return "–"
+    return f"{100 * v['mean_diff']:+.2f} (p={v['p']:.3g}; {v['win']}/{v['tie']}/{v['loss']})"
+
+
+def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
+    lines = [
+        "# cafusion compare report",
+        "",
+        f"{report['runs']} finished runs. Accuracy: test accuracy (%) of the model with the lowest training loss, "
+        "mean ± std over seeds, with the 95% t interval. Versus a baseline: mean paired difference in points, "
+        f"the p-value of the paired test ({report['notes']['tests']}), and win/tie/loss over seeds.",
+        "",
+        f"> {CONSISTENCY}",
+        "",
+    ]
+    for t in report["tables"]:
+        pub = "" if t["published_acc"] is None else f"; published {t['model']} mean: {t['published_acc']:.1f}%"
+        lines += [
+            f"## {t['dataset']} · {t['model']}",
+            "",
+            f"{t['data']}. Epochs {t['epochs']}, batch {t['batch_size']}{pub}.",
+            "",
+            "| variant | seeds | accuracy | 95% CI | vs none | vs se | vs cbam | params | s/epoch |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for v in t["variants"]:
+            a = v["acc"]
+            ci = "–" if a["ci95"] is None else f"[{100 * a['ci95'][0]:.1f}, {100 * a['ci95'][1]:.1f}]"
+            lines.append(
+                f"| {v['variant']} | {a['n']} | {_pct(a['mean'])} ± {100 * a['std']:.2f} | {ci} | "
+                f"{_versus(v, 'none')} | {_versus(v, 'se')} | {_versus(v, 'cbam')} | {v['params']:,} | "
+                f"{v['seconds_per_epoch']:.3f} |"
+            )
+        routers = [v for v in t["variants"] if v.get("router")]
+        if routers:
+            lines += [
+                "",
+                "Router (test set, mean over seeds): w_avg per seed, share of samples preferring max, "
+                "seeds collapsed (w_avg < 0.01 or > 0.99), T, gate saturation, mean |max| / mean |avg| statistic.",
+                "",
+                "| variant | block | w_avg per seed | prefer max | collapsed | T | gate sat. | max/avg |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for v in routers:
+                for block, r in v["router"].items():
+                    w = ", ".join(f"{x:.3f}" for x in r["w_avg_per_seed"]) or "– (sum fusion)"
+                    pm = "–" if r["prefer_max_mean"] is None else f"{100 * r['prefer_max_mean']:.0f}%"
+                    lines.append(
+                        f"| {v['variant']} | {block} | {w} | {pm} | {r['collapsed_seeds']}/{r['seeds']} | "
+                        f"{r['T_mean']:.3f} | {100 * r['gate_saturation_mean']:.1f}% | {r['input_max_over_avg']:.2f} |"
+                    )
+        lines.append("")
+    for model, rank in report["ranking"].items():
+        if rank is None:
+            continue
+        order = sorted(rank["mean_rank"].items(), key=lambda kv: kv[1])
+        friedman = "–" if rank["friedman_p"] is None else f"{rank['friedman_p']:.3g}"
+        cd = "–" if rank["nemenyi_cd"] is None else f"{rank['nemenyi_cd']:.2f}"
+        lines += [
+            f"## Ranking · {model} over {len(rank['datasets'])} data sets",
+            "",
+            "Mean rank of the mean accuracy (1 = best): " + ", ".join(f"{v} {r:.2f}" for v, r in order) + ".",
+            f"Friedman p = {friedman}; Nemenyi critical difference (alpha 0.05) = {cd} ranks: two variants whose "
+            "mean ranks are closer than that are not shown to differ.",
+            "",
+        ]
+    if figures:
+        lines += ["## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""One run of a comparison: train one variant for one seed on one source, test it, return a result dict.
+
+The recipe is Fawaz et al. 2019's for FCN/ResNet: Adam, ReduceLROnPlateau on the training loss,
+and the model with the lowest training loss is the one tested. Pairing: for a seed, every variant
+starts from the same backbone weights (copied from the ``none`` model built with that seed), sees
+the same batches in the same order (a permutation drawn from (seed, epoch) only), and the same
+split. So per-seed differences between variants come from the blocks, not from luck of the draw.
+
+For blocks with a router the result also carries the router diagnostics: FusionMonitor's w_avg,
+share preferring max, gate saturation and T on the test set, w_avg per epoch during training, the
+router's gradient norm per epoch, and the scale of the avg and max statistics the router reads.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cafusion.compare.plan import RunSpec, batch_size_for
+from cafusion.compare.sources import Split, load_split
+from cafusion.diagnostics import FusionMonitor
+from cafusion.layers import ChannelAttentionFusionT
+from cafusion.training.models import ModelSpec, build_model
+
+EpochHook = Callable[[int], None]
+COLLAPSED = 0.01  # a router whose mean w_avg is below this (or above 1 - this) has collapsed to one path
+
+
+def _spec(run: RunSpec, split: Split, attention: str, options: dict[str, Any]) -> ModelSpec:
+    return ModelSpec(
+        name=run.config.model,
+        in_channels=split.train.in_channels,
+        num_classes=split.train.num_classes,
+        dims=split.train.spatial_dims,
+        attention=attention,
+        attention_kwargs=options,
+        widths=run.config.widths,
+    )
+
+
+def build_paired_model(run: RunSpec, split: Split) -> tuple[nn.Module, int]:
+    """The variant's model with the seed's shared backbone weights; returns (model, tensors copied)."""
+    torch.manual_seed(run.seed)
+    reference = build_model(_spec(run, split, "none", {})).state_dict()
+    torch.manual_seed(run.seed)
+    model = build_model(_spec(run, split, run.variant.attention, dict(run.variant.options)))
+    own = model.state_dict()
+    shared = {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(shared, strict=False)
+    return model, len(shared)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
+    """The sample order of one epoch: a function of (seed, epoch) only, the same for every variant."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch: int = 256) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) in eval mode."""
+    model.eval()
+    correct, loss = 0, 0.0
+    for i in range(0, len(y), batch):
+        xb, yb = x[i : i + batch].to(device), y[i : i + batch].to(device)
+        logits = model(xb).float()
+        loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    return correct / max(len(y), 1), loss / max(len(y), 1)
+
+
+def _routers(model: nn.Module) -> dict[str, ChannelAttentionFusionT]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, ChannelAttentionFusionT)}
+
+
+def _router_grad_norm(block: ChannelAttentionFusionT) -> float:
+    router = block.fusion_router
+    if router is None:
+        return 0.0
+    grads = [p.grad for p in router.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+
+
+class _InputScales:
+    """Mean |avg| and |max| channel statistics at each block's input: the two halves of the router's input."""
+
+    def __init__(self, blocks: dict[str, ChannelAttentionFusionT]) -> None:
+        self.sums: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in blocks}
+        self.handles = [b.register_forward_pre_hook(self._hook(name)) for name, b in blocks.items()]
+
+    def _hook(self, name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            flat = inputs[0].detach().flatten(2).float()
+            s = self.sums[name]
+            s[0] += float(flat.mean(2).abs().mean()) * flat.shape[0]
+            s[1] += float(flat.amax(2).abs().mean()) * flat.shape[0]
+            s[2] += flat.shape[0]
+
+        return hook
+
+    def close(self) -> dict[str, dict[str, float]]:
+        for h in self.handles:
+            h.remove()
+        return {n: {"avg_abs": s[0] / max(s[2], 1), "max_abs": s[1] / max(s[2], 1)} for n, s in self.sums.items()}
+
+
+def train_run(run: RunSpec, on_epoch: EpochHook | None = None) -> dict[str, Any]:
+    """Train and test ``run``; the returned dict is what goes into its result file."""
+    cfg = run.config
+    device = torch.device(cfg.device)
+    split = load_split(run.source, run.seed, cfg.test_fraction)
+    train_set, test_set = split.train, split.test
+    batch = batch_size_for(cfg, len(train_set))
+    model, copied = build_paired_model(run, split)
+    model.to(device)
+    params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.factor, patience=cfg.patience, min_lr=cfg.min_lr
+    )
+    blocks = _routers(model)
+    monitor = FusionMonitor(model, num_classes=train_set.num_classes, attach=False) if blocks else None
+    budgets = set(cfg.budgets) | {cfg.epochs}
+    best_loss, best_state, best_epoch = math.inf, copy.deepcopy(model.state_dict()), 0
+    history: list[dict[str, Any]] = []
+    budget_acc: dict[str, float] = {}
+    router_trace: dict[str, dict[str, list[float | None]]] = {n: {"w_avg": [], "grad": []} for n in blocks}
+    seconds = 0.0
+    x_all, y_all = train_set.x, train_set.y
+    for epoch in range(cfg.epochs):
+        started = time.perf_counter()
+        model.train()
+        if monitor is not None:
+            monitor.attach()
+        order = epoch_order(run.seed, epoch, len(train_set))
+        loss_sum, correct, grad = 0.0, 0, dict.fromkeys(blocks, 0.0)
+        for i in range(0, len(order), batch):
+            index = order[i : i + batch]
+            xb, yb = x_all[index].to(device), y_all[index].to(device)
+            logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            for name, block in blocks.items():
+                grad[name] += _router_grad_norm(block)
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(index)
+            correct += int((logits.argmax(1) == yb).sum())
+        seconds += time.perf_counter() - started
+        train_loss = loss_sum / len(order)
+        scheduler.step(train_loss)
+        if monitor is not None:
+            monitor.detach()
+            for stats in monitor.step():
+                router_trace[stats.block]["w_avg"].append(stats.w_avg_mean)
+        steps = max(1, math.ceil(len(order) / batch))
+        for name in blocks:
+            router_trace[name]["grad"].append(grad[name] / steps)
+        if train_loss < best_loss:
+            best_loss, best_state, best_epoch = train_loss, copy.deepcopy(model.state_dict()), epoch + 1
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / len(order)})
+        if epoch + 1 in budgets and epoch + 1 != cfg.epochs:
+            budget_acc[str(epoch + 1)] = _test_state(model, best_state, test_set, device)[0]
+        if on_epoch is not None:
+            on_epoch(epoch + 1)
+    model.load_state_dict(best_state)
+    test_acc, test_loss = evaluate(model, test_set.x, test_set.y, device)
+    budget_acc[str(cfg.epochs)] = test_acc
+    result: dict[str, Any] = {
+        "run_id": run.run_id,
+        "dataset": run.dataset,
+        "settings": run.settings(),
+        "data": split.description,
+        "published_split": split.published_split,
+        "batch_size": batch,
+        "test_acc": test_acc,
+        "test_loss": test_loss,
+        "best_epoch": best_epoch,
+        "best_train_loss": best_loss,
+        "final_lr": optimizer.param_groups[0]["lr"],
+        "params": params,
+        "shared_tensors_copied": copied,
+        "seconds_per_epoch": seconds / cfg.epochs,
+        "threads": torch.get_num_threads(),
+        "budget_acc": budget_acc,
+        "history": history,
+    }
+    if blocks:
+        result["router"] = _diagnose(model, blocks, test_set, device, router_trace)
+    return result
+
+
+def _test_state(model: nn.Module, state: dict[str, Tensor], test_set: Any, device: torch.device) -> tuple[float, float]:
+    """Test ``state`` without disturbing the model being trained."""
+    probe = copy.deepcopy(model)
+    probe.load_state_dict(state)
+    return evaluate(probe, test_set.x, test_set.y, device)
+
+
+def _diagnose(
+    model: nn.Module,
+    blocks: dict[str, ChannelAttentionFusionT],
+    test_set: Any,
+    device: torch.device,
+    trace: dict[str, dict[str, list[float | None]]],
+) -> dict[str, Any]:
+    """FusionMonitor's per-block stats over the test set, the input scales, and the training traces."""
+    scales = _InputScales(blocks)
+    monitor = FusionMonitor(model, num_classes=test_set.num_classes)
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(test_set), 256):
+            with monitor.labels(test_set.y[i : i + 256].to(device)):
+                model(test_set.x[i : i + 256].to(device))
+    stats = {s.block: s for s in monitor.step()}
+    monitor.detach()
+    inputs = scales.close()
+    out: dict[str, Any] = {}
+    for name in blocks:
+        s = stats[name]
+        w = s.w_avg_mean
+        out[name] = {
+            "w_avg_mean": w,
+            "w_avg_std": s.w_avg_std,
+            "prefer_max": s.prefer_max,
+            "collapsed": None if w is None else bool(w < COLLAPSED or w > 1 - COLLAPSED),
+            "gate_saturation": s.saturation,
+            "T": s.T,
+            "input_avg_abs": inputs[name]["avg_abs"],
+            "input_max_abs": inputs[name]["max_abs"],
+            "w_avg_per_epoch": trace[name]["w_avg"],
+            "router_grad_per_epoch": trace[name]["grad"],
+        }
+    return out
