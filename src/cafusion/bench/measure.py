@@ -1,18 +1,29 @@
 """Timing and peak-memory measurement for the benchmarks.
 
-Times are medians of repeated calls after a warm-up (the median resists the odd slow run on a busy
-machine better than the mean); CUDA work is synchronised before the clock is read. Peak memory of
-a step is what the step allocates on top of what existed before it: CUDA's allocator statistics on
-a GPU, the profiler's allocation events on the CPU (the CPU allocator keeps no statistics).
+Contenders are timed in alternation (round r runs each once, in an order rotated by r), so that a
+slow spell of a shared machine, a frequency change or the allocator warming up hits all of them
+alike; each one's time is the median of its rounds, which resists the odd slow round. A call much
+shorter than a millisecond is repeated within a round so that the clock's resolution and the loop
+cost do not dominate it. CUDA work is synchronised before the clock is read.
+
+Peak memory of a step is what the step allocates on top of what existed before it: CUDA's allocator
+statistics on a GPU, the profiler's allocation events on the CPU (the CPU allocator keeps no statistics).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
+
+MIN_SAMPLE_S = 1e-3  # each timed sample lasts at least this long (short calls are repeated)
+MAX_CALLS_PER_SAMPLE = 200
 
 
 def _sync(device: torch.device) -> None:
@@ -20,25 +31,52 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_ms(
-    fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2, clock: str = "wall"
-) -> float:
-    """Median time of ``fn()`` in milliseconds over ``repeats`` calls, after ``warmup`` calls.
+def interleaved_ms(
+    fns: Mapping[str, Callable[[], object]],
+    device: torch.device,
+    repeats: int,
+    warmup: int = 2,
+    clock: str = "wall",
+) -> dict[str, float]:
+    """Median milliseconds per call of each ``fns[name]()``, the contenders alternated round by round.
 
     ``clock="thread"`` reads the calling thread's CPU time instead of the wall clock: on a shared
     machine it leaves out the time the process waited for a core (meaningful with one torch thread).
     """
     now = time.thread_time if clock == "thread" else time.perf_counter
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = now()
-        fn()
+    names = list(fns)
+    calls: dict[str, int] = {}
+    for name in names:  # warm up, then size each sample from one timed call
+        for _ in range(warmup):
+            fns[name]()
         _sync(device)
-        times.append(now() - start)
-    return 1e3 * statistics.median(times)
+        start = now()
+        fns[name]()
+        _sync(device)
+        once = max(now() - start, 1e-9)
+        calls[name] = max(1, min(MAX_CALLS_PER_SAMPLE, math.ceil(MIN_SAMPLE_S / once)))
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn, n = fns[name], calls[name]
+            start = now()
+            for _ in range(n):
+                fn()
+            _sync(device)
+            samples[name].append((now() - start) / n)
+    return {name: 1e3 * statistics.median(times) for name, times in samples.items()}
+
+
+def _output_cache_off() -> contextlib.AbstractContextManager[Any]:
+    """cafusion's CPU kernels may reuse freed output buffers outside torch's allocator, where the
+    profiler cannot see them; switching that cache off (where the kernels have one) counts every buffer."""
+    try:
+        native = importlib.import_module("cafusion.kernels.backends.native")
+    except ImportError:
+        return contextlib.nullcontext()
+    off = getattr(native, "cache_disabled", None)
+    return off() if callable(off) else contextlib.nullcontext()  # type: ignore[no-any-return]
 
 
 def peak_extra_mib(fn: Callable[[], object], device: torch.device) -> float:
@@ -52,11 +90,7 @@ def peak_extra_mib(fn: Callable[[], object], device: torch.device) -> float:
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    from cafusion.kernels import native
-
-    # cafusion's CPU kernels reuse freed output buffers outside torch's allocator, where the profiler
-    # cannot see them; without the cache every buffer of the step is counted.
-    with native.cache_disabled(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _output_cache_off(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     assert prof.profiler is not None and prof.profiler.kineto_results is not None
     results = prof.profiler.kineto_results

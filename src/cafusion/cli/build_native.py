@@ -25,7 +25,7 @@ def add_parser(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cafusion.kernels import native
+    from cafusion.kernels.backends import native
 
     if not native.enabled():
         raise CLIError(f"the native kernels are switched off ({native.ENV}=0)")

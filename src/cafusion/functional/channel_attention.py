@@ -1,82 +1,18 @@
-"""The block's math on plain tensors: squeeze, excite, fuse, temperature, gate.
-
-This is the readable ground truth. ``ChannelAttentionFusionT`` calls it; faster paths are tested
-against it. Shapes: x is (B, C, *spatial) with any number of spatial dims; the statistics and the
-small MLPs work on (B, C) matrices, and ``ca`` is returned as (B, C, 1, ..., 1) with x's rank.
-"""
+"""The public functional form of the block: checks its arguments, then runs the implementation
+``cafusion.dispatch`` picks (the composite in ``composite`` or the fused operator)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cafusion import _validation as check
-from cafusion._dtypes import compute_dtype
-from cafusion.kernels import IMPLS, fastpath
+from cafusion import dispatch
+from cafusion.dispatch import IMPLS
+from cafusion.functional.composite import FusionOutput
 
 FUSIONS = ("sum", "softmax")
 GATES = ("sigmoid", "hardsigmoid")
 ACTS = ("relu", "silu")
-
-
-class FusionOutput(NamedTuple):
-    """What one forward produces: the scaled map, the channel gate, and the (B, 2) fusion weights."""
-
-    y: Tensor
-    ca: Tensor
-    fusion_w: Tensor | None
-
-
-def squeeze(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and max over every dim after C, as (B, C) in at least float32.
-
-    The max goes through adaptive max pooling (ranks 3-5) so that its gradient lands on the first
-    maximal position, exactly where the reference's AdaptiveMaxPool2d sends it; NaNs propagate the
-    same way. Low-precision inputs accumulate the mean in float32.
-    """
-    acc = compute_dtype(x.dtype)
-    dims = tuple(range(2, x.dim()))
-    avg = x.mean(dim=dims, dtype=acc)
-    n_spatial = x.dim() - 2
-    if n_spatial == 1:
-        mx = F.adaptive_max_pool1d(x, 1)
-    elif n_spatial == 2:
-        mx = F.adaptive_max_pool2d(x, 1)
-    elif n_spatial == 3:
-        mx = F.adaptive_max_pool3d(x, 1)
-    else:
-        mx = x.flatten(2).max(dim=2).values
-    return avg, mx.flatten(1).to(acc)
-
-
-def _linear(s: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """A 1x1 convolution on a 1x1 map is a linear layer on (B, C); weights may be (out, in, 1, ...)."""
-    w = weight.flatten(1).to(s.dtype)
-    b = None if bias is None else bias.to(s.dtype)
-    return F.linear(s, w, b)
-
-
-def excite(
-    s: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor, fc2_bias: Tensor | None, act: str
-) -> Tensor:
-    """The shared bottleneck MLP C -> hidden -> C, applied to one (B, C) statistic."""
-    h = _linear(s, fc1_weight, fc1_bias)
-    h = F.relu(h) if act == "relu" else F.silu(h)
-    return _linear(h, fc2_weight, fc2_bias)
-
-
-def route(avg: Tensor, mx: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None) -> Tensor:
-    """Per-sample fusion weights (B, 2) = softmax(router(cat(avg, max))); column 0 weighs avg."""
-    logits = _linear(F.relu(_linear(torch.cat([avg, mx], dim=1), w1, b1)), w2, b2)
-    return torch.softmax(logits, dim=1)
-
-
-def apply_gate(z: Tensor, gate: str) -> Tensor:
-    """Map channel logits to [0, 1]."""
-    return torch.sigmoid(z) if gate == "sigmoid" else F.hardsigmoid(z)
 
 
 def channel_attention_fusion(
@@ -102,8 +38,8 @@ def channel_attention_fusion(
     (B, C, 1, ..., 1), and fusion_w is (B, 2) for softmax fusion, None for sum fusion.
 
     ``impl``: "reference" runs the readable composite below; "fast" the fused custom op
-    (``cafusion.kernels``; RuntimeError where it cannot run, e.g. under TorchScript or autocast);
-    "auto" (default) the fast path wherever it applies and the composite elsewhere.
+    (``cafusion.kernels``; RuntimeError where it cannot run, e.g. under TorchScript);
+    "auto" (default) the fast path wherever it applies and the composite elsewhere (``cafusion.dispatch``).
     """
     fusion = check.choice("fusion", fusion, FUSIONS)
     gate = check.choice("gate", gate, GATES)
@@ -112,38 +48,5 @@ def channel_attention_fusion(
     check.feature_map("x", x, fc1_weight.shape[1])
     if fusion == "softmax" and (router1_weight is None or router2_weight is None):
         raise ValueError("fusion='softmax' needs router1_weight and router2_weight (the fusion router)")
-    if impl != "reference":
-        weights = [
-            fc1_weight,
-            fc1_bias,
-            fc2_weight,
-            fc2_bias,
-            router1_weight,
-            router1_bias,
-            router2_weight,
-            router2_bias,
-        ]
-        reason = fastpath.blocker(x, weights, temperature, impl)
-        if reason is None:
-            return FusionOutput(*fastpath.channel_attention_fusion_fast(x, weights, temperature, fusion, gate, act))
-        if impl == "fast":
-            raise RuntimeError(f"impl='fast' cannot run here: {reason}; use impl='auto' or 'reference'")
-
-    avg, mx = squeeze(x)
-    dtype = compute_dtype(avg.dtype, fc1_weight.dtype)
-    avg, mx = avg.to(dtype), mx.to(dtype)
-    a = excite(avg, fc1_weight, fc1_bias, fc2_weight, fc2_bias, act)
-    m = excite(mx, fc1_weight, fc1_bias, fc2_weight, fc2_bias, act)
-
-    fusion_w: Tensor | None = None
-    if fusion == "sum":
-        z = a + m
-    else:
-        assert router1_weight is not None and router2_weight is not None
-        fusion_w = route(avg, mx, router1_weight, router1_bias, router2_weight, router2_bias)
-        z = fusion_w[:, 0:1] * a + fusion_w[:, 1:2] * m
-
-    t = temperature.to(z.dtype) if isinstance(temperature, Tensor) else temperature
-    ca = apply_gate(z / t, gate)
-    ca = ca.to(x.dtype).view(ca.shape + (1,) * (x.dim() - 2))
-    return FusionOutput(x * ca, ca, fusion_w)
+    weights = [fc1_weight, fc1_bias, fc2_weight, fc2_bias, router1_weight, router1_bias, router2_weight, router2_bias]
+    return dispatch.run(x, weights, temperature, fusion, gate, act, impl)

@@ -1,6 +1,2 @@
-"""The fast path: fused custom ops (``op``), the small path's hand-written backward (``small``), and the
-big-tensor primitives per backend (``cpu``; ``triton_ops`` on CUDA), chosen by ``dispatch``."""
-
-IMPLS = ("auto", "fast", "reference")
-
-__all__ = ["IMPLS"]
+"""The fast path: one operator (``op``) with a kernel per backend (``backends``: native C++ on the CPU,
+Triton on CUDA, plain PyTorch anywhere). ``cafusion.dispatch`` decides when the op runs."""

@@ -1,270 +1,202 @@
-"""The fast path as two ``torch.library`` custom ops with a hand-written autograd formula.
+"""The block as one operator, ``cafusion::caft_forward`` with its gradient ``cafusion::caft_backward``.
 
-``cafusion::caft_forward`` runs the whole block: one statistics pass over x, the small path on (B, C),
-one pass writing y. ``cafusion::caft_backward`` is its gradient: one pass reading dy and x for
-d(ca), the small path's backward by hand, one pass reading dy and writing dx. Both ops are opaque to
-autograd, torch.compile and torch.export (each has a fake kernel), so the only full-size tensors
-are x, y, dy and dx, and nothing full-size is saved for the backward besides x itself.
+The schema is defined here, once. Each dispatch key gets one kernel:
 
-The forward also returns the pooled statistics and the argmax; the public wrapper drops them. They
-are outputs (not recomputed) because the backward needs them and ``setup_context`` can only save
-inputs and outputs.
+- ``CompositeExplicitAutograd``: the PyTorch backend (``backends.pytorch``), for any device without a
+  kernel of its own: the CPU when the native kernels are not built, CUDA without Triton, others.
+- ``CPU``: the native C++ backend (``backends.native``), registered by the compiled library when it loads.
+- ``CUDA``: the Triton backend (``backends.triton``).
+- fake (Meta): output shapes, for torch.compile and torch.export.
+- ``Autograd``: the formula below (save x, the statistics and the argmax; call ``caft_backward``).
+  The native library registers the same formula in C++ for ``AutogradCPU``: through Python it costs
+  ~45 µs more per training step, more than the whole block at small 1D shapes (docs/performance.md).
+- ``AutocastCPU``/``AutocastCUDA``: run with x in its own dtype and the small path in float32 (the op
+  already computes the small path in at least float32), instead of letting autocast cast x.
+
+Only x, y, dy and dx are full-size: nothing full-size is saved for the backward but x itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from cafusion._dtypes import compute_dtype
-from cafusion.kernels import native, small
-from cafusion.kernels.dispatch import backend, small_path
+from cafusion.kernels.backends import native, pytorch, triton
+from cafusion.kernels.backends.pytorch.small import Params
 
-_N_PARAMS = 9  # fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature
-State = Sequence[Tensor | None]  # the small path's saved intermediates, as fused_forward returns them
+_PARAMS = (
+    "Tensor fc1_w, Tensor? fc1_b, Tensor fc2_w, Tensor? fc2_b, "
+    "Tensor? r1_w, Tensor? r1_b, Tensor? r2_w, Tensor? r2_b, Tensor temperature"
+)
+_CONFIG = "str fusion, str gate, str act"
+_N_PARAMS = len(Params._fields)
 
-
-def _flat(x: Tensor) -> Tensor:
-    """(B, C, *spatial) -> (B, C, N); a view for contiguous and channels_last maps."""
-    return x.flatten(2)
-
-
-def _unflat(t3: Tensor, shape: torch.Size) -> Tensor:
-    """(B, C, N) -> (B, C, *spatial) without a copy (t3 is dense: x's strides, or contiguous).
-
-    Detached so that the result is not a *view* of the internal (B, C, N) tensor: an op output that is
-    a view cannot be modified in place afterwards (``out += identity`` in a ResNet block).
-    """
-    return t3.reshape(shape).detach()
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``t.to(dtype)`` without the dispatcher round trip when it is already there (small path: many calls)."""
-    return t if t.dtype == dtype else t.to(dtype)
+_lib: Any = torch.library.Library("cafusion", "DEF")  # type: ignore[no-untyped-call]
+_lib.define(
+    f"caft_forward(Tensor x, {_PARAMS}, {_CONFIG}, bool need_index) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_lib.define(
+    f"caft_backward(Tensor dy, Tensor? g_ca, Tensor? g_fusion_w, Tensor x, Tensor avg, Tensor mx, Tensor idx, "
+    f"{_PARAMS}, {_CONFIG}, bool need_x) -> ({', '.join(['Tensor'] * (1 + _N_PARAMS))})"
+)
+caft_forward = torch.ops.cafusion.caft_forward.default
+caft_backward = torch.ops.cafusion.caft_backward.default
 
 
-def _native_flags(fusion: str, gate: str, act: str) -> tuple[bool, bool, bool]:
-    """The configuration as the C++ kernels take it: (softmax fusion, hardsigmoid gate, silu activation)."""
-    return fusion == "softmax", gate == "hardsigmoid", act == "silu"
+# ---------------------------------------------------------------------------------------------------
+# Kernels per device
 
 
-def _nothing(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """The empty tensor a custom op returns where the math has no tensor (ops cannot return None)."""
-    return like.new_empty((0,), dtype=dtype or like.dtype)
+def _forward_any(x: Tensor, *args: Any) -> tuple[Tensor, ...]:
+    """PyTorch backend; on the CPU, the first call builds/loads the native library (which takes over)."""
+    lib = native.library() if x.is_cpu else None
+    if lib is not None:
+        return tuple(lib.forward(x, *args))  # type: ignore[no-any-return]
+    fusion, gate, act, need_index = args[_N_PARAMS:]
+    return pytorch.forward(x, Params(*args[:_N_PARAMS]), fusion, gate, act, need_index)
 
 
-def fused_forward(
-    x: Tensor, p: small.Params, fusion: str, gate: str, act: str, need_index: bool
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor, Tensor | None, State]:
-    """The forward math: (y, ca (B, C) in x.dtype, fusion_w, avg, max, argmax or None, small-path state).
-
-    The state is what ``fused_backward`` takes back: ``small.Forward`` from the PyTorch small path, the
-    CPU kernels' own list otherwise (possibly empty: they recompute a small problem's small path).
-    """
-    x3 = _flat(x)
-    lib = native.for_tensor(x3)
-    if lib is not None:  # the CPU kernels: the whole forward in one call
-        flags = _native_flags(fusion, gate, act)
-        y, ca, fusion_w, avg, mx, idx, *state = lib.forward(x, list(p), *flags, need_index)
-        return y, ca, fusion_w, avg, mx, idx, state
-    ops = backend(x)
-    avg, mx, idx = ops.pool_stats(x3, need_index)
-    dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
-    fw = small_path(avg, dtype).forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
-    ca = _cast(fw.ca, x.dtype)
-    y = _unflat(ops.scale(x3, ca), x.shape)
-    return y, ca, fw.w, avg, mx, idx, fw
+def _backward_any(dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, *args: Any) -> tuple[Tensor, ...]:
+    lib = native.library() if x.is_cpu else None
+    if lib is not None:
+        return tuple(lib.backward(dy, g_ca, g_w, x, *args))  # type: ignore[no-any-return]
+    avg, mx, idx = args[:3]
+    fusion, gate, act, need_x = args[3 + _N_PARAMS :]
+    p = Params(*args[3 : 3 + _N_PARAMS])
+    return pytorch.backward(dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x)
 
 
-def fused_backward(
-    dy: Tensor,
-    g_ca: Tensor | None,
-    g_fusion_w: Tensor | None,
-    g_avg: Tensor | None,
-    g_mx: Tensor | None,
-    x: Tensor,
-    avg: Tensor,
-    mx: Tensor,
-    idx: Tensor | None,
-    p: small.Params,
-    fusion: str,
-    gate: str,
-    act: str,
-    need_x: bool,
-    fw: State | None = None,
-) -> tuple[Tensor | None, small.Grads]:
-    """The backward math: (dx or None, gradients of the parameters); ``fw`` None recomputes the small path."""
-    x3 = _flat(x)
-    lib = native.for_tensor(x3)
-    if lib is not None:  # the CPU kernels: the whole backward in one call
-        flags = _native_flags(fusion, gate, act)
-        state = [] if fw is None else list(fw)  # empty: the kernels recompute the small path
-        dy = native.like(dy, x)
-        dx, *grads = lib.backward(dy, g_ca, g_fusion_w, g_avg, g_mx, x, avg, mx, idx, list(p), state, *flags, need_x)
-        return dx, small.Grads(*grads)
-    ops = backend(x)
-    dy3 = _flat(dy)
-    dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
-    if fw is None:
-        fw = small_path(avg, dtype).forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
-    elif not isinstance(fw, small.Forward):  # saved by autograd as a plain tuple
-        fw = small.Forward(*fw)  # type: ignore[arg-type]
-    d_ca = _cast(ops.grad_ca(dy3, x3), dtype)
-    if g_ca is not None:
-        d_ca = d_ca + _cast(g_ca.reshape(d_ca.shape), dtype)
-    g = small_path(d_ca).backward(fw, p, d_ca, g_fusion_w, fusion, gate, act)
-    if not need_x:
-        return None, g
-    assert idx is not None, "the forward ran without the argmax but x needs a gradient"
-    d_avg = g.avg if g_avg is None else g.avg + _cast(g_avg, dtype)
-    d_mx = g.mx if g_mx is None else g.mx + _cast(g_mx, dtype)
-    n = x3.shape[2]
-    assert isinstance(fw, small.Forward)
-    dx3 = ops.grad_input(dy3, _cast(fw.ca, x.dtype), _cast(d_avg / n, avg.dtype), _cast(d_mx, avg.dtype), idx)
-    return _unflat(dx3, x.shape), g
+def _forward_cuda(x: Tensor, *args: Any) -> tuple[Tensor, ...]:
+    fusion, gate, act, need_index = args[_N_PARAMS:]
+    backend = triton if triton.is_available(x) else pytorch
+    out: tuple[Tensor, ...] = backend.forward(x, Params(*args[:_N_PARAMS]), fusion, gate, act, need_index)
+    return out
 
 
-@torch.library.custom_op("cafusion::caft_forward", mutates_args=())
-def caft_forward(
-    x: Tensor,
-    fc1_w: Tensor,
-    fc1_b: Tensor | None,
-    fc2_w: Tensor,
-    fc2_b: Tensor | None,
-    r1_w: Tensor | None,
-    r1_b: Tensor | None,
-    r2_w: Tensor | None,
-    r2_b: Tensor | None,
-    temperature: Tensor,
-    fusion: str,
-    gate: str,
-    act: str,
-    need_index: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (y, ca (B, C) in x.dtype, fusion_w (B, 2) or (B, 0), avg, max, argmax or empty)."""
-    p = small.Params(fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature)
-    y, ca, fusion_w, avg, mx, idx, _ = fused_forward(x, p, fusion, gate, act, need_index)
-    if fusion_w is None:
-        fusion_w = avg.new_empty((x.shape[0], 0), dtype=compute_dtype(avg.dtype, fc1_w.dtype))
-    index = idx if idx is not None else _nothing(avg, torch.int64)
-    return y, ca, fusion_w, avg, mx, index
+def _backward_cuda(dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, *args: Any) -> tuple[Tensor, ...]:
+    avg, mx, idx = args[:3]
+    fusion, gate, act, need_x = args[3 + _N_PARAMS :]
+    backend = triton if triton.is_available(x) else pytorch
+    p = Params(*args[3 : 3 + _N_PARAMS])
+    out: tuple[Tensor, ...] = backend.backward(dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x)
+    return out
 
 
-@caft_forward.register_fake
-def _caft_forward_fake(
-    x: Tensor,
-    fc1_w: Tensor,
-    fc1_b: Tensor | None,
-    fc2_w: Tensor,
-    fc2_b: Tensor | None,
-    r1_w: Tensor | None,
-    r1_b: Tensor | None,
-    r2_w: Tensor | None,
-    r2_b: Tensor | None,
-    temperature: Tensor,
-    fusion: str,
-    gate: str,
-    act: str,
-    need_index: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+_lib.impl("caft_forward", _forward_any, "CompositeExplicitAutograd")
+_lib.impl("caft_backward", _backward_any, "CompositeExplicitAutograd")
+_lib.impl("caft_forward", _forward_cuda, "CUDA")
+_lib.impl("caft_backward", _backward_cuda, "CUDA")
+
+
+@torch.library.register_fake("cafusion::caft_forward")  # type: ignore[untyped-decorator]
+def _forward_fake(x: Tensor, fc1_w: Tensor, *args: Any) -> tuple[Tensor, ...]:
+    fusion, need_index = args[_N_PARAMS - 1], args[-1]
     b, c = x.shape[0], x.shape[1]
     acc = compute_dtype(x.dtype)
     dtype = compute_dtype(acc, fc1_w.dtype)
-    y = _unflat(torch.empty_like(_flat(x)), x.shape)
-    ca = x.new_empty((b, c))
+    y = pytorch.unflat(torch.empty_like(x.flatten(2)), x)
     fusion_w = x.new_empty((b, 2 if fusion == "softmax" else 0), dtype=dtype)
-    avg = x.new_empty((b, c), dtype=acc)
-    mx = x.new_empty((b, c), dtype=acc)
     index = x.new_empty((b, c) if need_index else (0,), dtype=torch.int64)
-    return y, ca, fusion_w, avg, mx, index
+    return y, x.new_empty((b, c)), fusion_w, x.new_empty((b, c), dtype=acc), x.new_empty((b, c), dtype=acc), index
 
 
-@torch.library.custom_op("cafusion::caft_backward", mutates_args=())
-def caft_backward(
-    dy: Tensor,
-    g_ca: Tensor | None,
-    g_fusion_w: Tensor | None,
-    g_avg: Tensor | None,
-    g_mx: Tensor | None,
-    x: Tensor,
-    avg: Tensor,
-    mx: Tensor,
-    idx: Tensor,
-    fc1_w: Tensor,
-    fc1_b: Tensor | None,
-    fc2_w: Tensor,
-    fc2_b: Tensor | None,
-    r1_w: Tensor | None,
-    r1_b: Tensor | None,
-    r2_w: Tensor | None,
-    r2_b: Tensor | None,
-    temperature: Tensor,
-    fusion: str,
-    gate: str,
-    act: str,
-    need_x: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (dx, d fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature); absent ones empty."""
-    p = small.Params(fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature)
-    dx, g = fused_backward(dy, g_ca, g_fusion_w, g_avg, g_mx, x, avg, mx, idx, p, fusion, gate, act, need_x)
-    rest = (g.fc1_w, g.fc1_b, g.fc2_w, g.fc2_b, g.r1_w, g.r1_b, g.r2_w, g.r2_b, g.temperature)
-    return (_nothing(x) if dx is None else dx, *(_nothing(x) if t is None else t for t in rest))  # type: ignore[return-value]
+@torch.library.register_fake("cafusion::caft_backward")  # type: ignore[untyped-decorator]
+def _backward_fake(dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, *args: Any) -> tuple[Tensor, ...]:
+    params, need_x = args[3 : 3 + _N_PARAMS], args[-1]
+    dx = pytorch.unflat(torch.empty_like(dy.flatten(2)), x) if need_x else pytorch.empty(x)
+    return (dx, *(pytorch.empty(x) if t is None else torch.empty_like(t) for t in params))
 
 
-@caft_backward.register_fake
-def _caft_backward_fake(
-    dy: Tensor,
-    g_ca: Tensor | None,
-    g_fusion_w: Tensor | None,
-    g_avg: Tensor | None,
-    g_mx: Tensor | None,
-    x: Tensor,
-    avg: Tensor,
-    mx: Tensor,
-    idx: Tensor,
-    fc1_w: Tensor,
-    fc1_b: Tensor | None,
-    fc2_w: Tensor,
-    fc2_b: Tensor | None,
-    r1_w: Tensor | None,
-    r1_b: Tensor | None,
-    r2_w: Tensor | None,
-    r2_b: Tensor | None,
-    temperature: Tensor,
-    fusion: str,
-    gate: str,
-    act: str,
-    need_x: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    dx = _unflat(torch.empty_like(_flat(dy)), x.shape) if need_x else _nothing(x)
-    params = (fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature)
-    return (dx, *(_nothing(x) if t is None else torch.empty_like(t) for t in params))  # type: ignore[return-value]
+# ---------------------------------------------------------------------------------------------------
+# Autograd (every device; the native library overrides AutogradCPU with the same formula in C++)
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     x, *params = inputs[: 1 + _N_PARAMS]
-    ctx.config = inputs[1 + _N_PARAMS : 1 + _N_PARAMS + 3]
+    ctx.config = inputs[1 + _N_PARAMS : 4 + _N_PARAMS]
     ctx.need_x = bool(ctx.needs_input_grad[0])
-    if ctx.need_x and not inputs[-1]:
-        raise RuntimeError("cafusion::caft_forward ran without need_index but x requires grad")
     _, _, _, avg, mx, idx = output
+    ctx.mark_non_differentiable(avg, mx, idx)
     ctx.save_for_backward(x, avg, mx, idx, *params)
 
 
-def _backward(ctx: Any, dy: Tensor | None, g_ca: Tensor | None, g_fw: Tensor | None, *rest: Any) -> tuple[Any, ...]:
+def _backward(ctx: Any, dy: Tensor | None, g_ca: Tensor | None, g_w: Tensor | None, *_: Any) -> tuple[Any, ...]:
     x, avg, mx, idx, *params = ctx.saved_tensors
     fusion, gate, act = ctx.config
-    g_avg, g_mx = rest[0], rest[1]
-    if dy is None:
-        dy = torch.zeros_like(x)
-    if fusion != "softmax":
-        g_fw = None
-    dx, *d_params = caft_backward(dy, g_ca, g_fw, g_avg, g_mx, x, avg, mx, idx, *params, fusion, gate, act, ctx.need_x)
+    if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
+        grads = differentiable_backward(x, *params, fusion, gate, act, dy, g_ca, g_w)
+        return (*grads, None, None, None, None)
+    dy = torch.zeros_like(x) if dy is None else dy
+    dx, *d_params = caft_backward(dy, g_ca, g_w, x, avg, mx, idx, *params, fusion, gate, act, ctx.need_x)
     grads = [d if p is not None else None for d, p in zip(d_params, params, strict=True)]
     return (dx if ctx.need_x else None, *grads, None, None, None, None)
 
 
-caft_forward.register_autograd(_backward, setup_context=_setup_context)
+torch.library.register_autograd("cafusion::caft_forward", _backward, setup_context=_setup_context)
+
+
+def differentiable_backward(x: Tensor, *args: Any) -> list[Tensor | None]:
+    """Gradients of (x, *params) that autograd can differentiate again (gradient penalties, double backward).
+
+    ``args``: the nine parameters, fusion, gate, act, then the upstream gradients of y, ca, fusion_w.
+    The hand-written backward has no graph of its own, so the reference composite is re-run on the saved
+    inputs and differentiated by autograd instead: slower, but exact and differentiable to any order.
+    """
+    from cafusion.functional.composite import channel_attention_fusion  # the ground truth; imports nothing here
+
+    p = Params(*args[:_N_PARAMS])
+    fusion, gate, act, dy, g_ca, g_w = args[_N_PARAMS:]
+    with torch.enable_grad():
+        y, ca, fusion_w = channel_attention_fusion(x, *p[:4], fusion, *p[4:8], p.temperature, gate, act)
+    pairs = [(y, dy), (ca.flatten(1), g_ca), (fusion_w, g_w)]
+    outputs = [o for o, g in pairs if o is not None and g is not None and g.numel()]
+    grad_outputs = [g for o, g in pairs if o is not None and g is not None and g.numel()]
+    inputs = [x, *p]
+    wanted = [t for t in inputs if t is not None and t.requires_grad]
+    found = torch.autograd.grad(outputs, wanted, grad_outputs, create_graph=True, allow_unused=True)
+    by_id = {id(t): g for t, g in zip(wanted, found, strict=True)}
+    return [None if t is None else by_id.get(id(t)) for t in inputs]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Autocast: x keeps its dtype (the big passes run in it); the small path computes in float32 or wider.
+
+
+def _no_autocast(op: Any, key: torch._C.DispatchKey) -> Any:
+    def kernel(*args: Any) -> Any:
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+            return op(*args)
+
+    return kernel
+
+
+for _key in (torch._C.DispatchKey.AutocastCPU, torch._C.DispatchKey.AutocastCUDA):
+    _lib.impl("caft_forward", _no_autocast(caft_forward, _key), _key.name)
+    _lib.impl("caft_backward", _no_autocast(caft_backward, _key), _key.name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The call the dispatcher (cafusion.dispatch) makes
+
+
+def run(
+    x: Tensor, params: list[Tensor | None], fusion: str, gate: str, act: str
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(y, ca (B, C, 1, ...), fusion_w or None) through the op; ``params`` as ``Params`` orders them.
+
+    The first CPU call loads the native library, so that its kernels serve the call from the start.
+    """
+    fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature = params
+    if fusion == "sum":  # the router does not take part; its tensors must get no gradient at all
+        r1_w = r1_b = r2_w = r2_b = None
+    if x.is_cpu and not torch.compiler.is_compiling():
+        native.library()
+    need_index = torch.is_grad_enabled() and x.requires_grad
+    y, ca, fusion_w, *_ = caft_forward(
+        x, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, fusion, gate, act, need_index
+    )
+    ca = ca.view(ca.shape + (1,) * (x.dim() - 2))
+    return y, ca, fusion_w if fusion == "softmax" else None

@@ -19,7 +19,7 @@ from torch.utils.hooks import RemovableHandle
 from cafusion import _validation as check
 from cafusion.functional import ACTS, FUSIONS, GATES, channel_attention_fusion
 from cafusion.functional.temperature import fill_raw, raw_from_temperature, temperature_from_raw
-from cafusion.kernels import IMPLS
+from cafusion.dispatch import IMPLS
 
 _ABSENT = object()
 Inspector = Callable[["ChannelAttentionFusionT", Tensor, "Tensor | None", Tensor], None]

@@ -169,10 +169,15 @@ inline void pool_rows16_f32(const float* base, const int32_t* offsets, int64_t w
 
 #endif
 
-// Short rows go through the gathers when every row offset fits their int32 indices. (Only pooling:
-// for grad_ca's two inputs the per-row dot product measured faster, e.g. 0.72 vs 1.85 ms at
-// 16x1024x14x14, benchmarks/profile_native.py.)
+// Whether short float32 rows are pooled 16 at a time through AVX-512 gathers. Which is faster depends on
+// the CPU (1.7x faster on the machine it was written on, 4x slower on a Zen 4), so Python measures both
+// once per machine and sets this (cafusion/kernels/backends/native/__init__.py, choose_pool_variant).
+inline bool g_gather_rows = false;
+
+// Short rows go through the gathers when chosen and every row offset fits their int32 indices. (Only
+// pooling: for grad_ca's two inputs the per-row dot product measured faster everywhere it was tried.)
 inline bool gather_rows(const Tensor& t) {
+  if (!g_gather_rows) return false;
   const int64_t span = (t.size(0) - 1) * t.stride(0) + (t.size(1) - 1) * t.stride(1);
   return rows_layout(t) && t.size(2) <= kBlock && span < (int64_t(1) << 31) - t.size(2);
 }

@@ -15,7 +15,8 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from cafusion.kernels import small, triton_ops
+from cafusion.kernels.backends.pytorch import small
+from cafusion.kernels.backends.triton import passes as triton_ops
 
 _TILE = 4096  # elements of a weight tile per loop step (32 registers per thread at 4 warps)
 _NUM_WARPS = 4
@@ -25,7 +26,7 @@ _NUM_WARPS = 4
 def _kernels() -> ModuleType | None:
     """The kernel module, or None when triton is missing or broken (the caller then falls back)."""
     try:
-        from cafusion.kernels import triton_small_kernels
+        from cafusion.kernels.backends.triton import small_kernels as triton_small_kernels
     except Exception:  # any import-time failure of triton means "not available", never an error
         return None
     return triton_small_kernels

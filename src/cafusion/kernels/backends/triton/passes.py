@@ -39,7 +39,7 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 def _kernels() -> ModuleType | None:
     """The kernel module, or None when triton is missing or broken (the caller then falls back)."""
     try:
-        from cafusion.kernels import triton_kernels
+        from cafusion.kernels.backends.triton import passes_kernels as triton_kernels
     except Exception:  # any import-time failure of triton means "not available", never an error
         return None
     return triton_kernels

@@ -36,7 +36,7 @@ inline Tensor cast(const Tensor& t, at::ScalarType dtype) { return t.scalar_type
 
 constexpr double kOneSixth = static_cast<double>(1.0f / 6.0f);  // torch's hardsigmoid_backward constant
 
-// The block's parameters as the Python side passes them (a list of 9, absent ones None).
+// The block's parameters, as the op's schema lists them (absent ones nullopt).
 struct Params {
   Tensor fc1_w;
   OptTensor fc1_b;
@@ -46,9 +46,5 @@ struct Params {
   Tensor temperature;
 };
 
-inline Params params_of(const std::vector<OptTensor>& ps) {
-  TORCH_CHECK(ps.size() == 9, "cafusion native: expected 9 parameters, got ", ps.size());
-  return {*ps[0], ps[1], *ps[2], ps[3], ps[4], ps[5], ps[6], ps[7], *ps[8]};
-}
 
 }  // namespace cafusion

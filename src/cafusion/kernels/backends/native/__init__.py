@@ -17,20 +17,20 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import platform
 import shutil
+import statistics
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import torch
-from torch import Tensor
-
-from cafusion._dtypes import FLOAT_DTYPES
 
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "caft_cpu.cpp"  # includes the headers beside it
@@ -40,6 +40,7 @@ _MAX_N = 2**31 - 1  # lane indices are int32
 ENV = "CAFUSION_NATIVE"
 CACHE_ENV = "CAFUSION_CPU_CACHE_MB"
 DIR_ENV = "CAFUSION_NATIVE_DIR"
+GATHER_ENV = "CAFUSION_POOL_GATHERS"
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,13 @@ def build(verbose: bool = False) -> ModuleType:
     finally:
         quiet.setLevel(level)
     _find_ninja()
-    log.info("cafusion: compiling the native CPU kernels into %s (once, ~30-60 s)", folder)
+    print(
+        "cafusion: compiling the C++ CPU kernels for this machine, once (about 30-60 s); "
+        f"'cafusion build-native' does it ahead of time, {ENV}=0 skips it",
+        file=sys.stderr,
+        flush=True,
+    )
+    log.info("cafusion: building into %s", folder)
     folder.mkdir(parents=True, exist_ok=True)
     module: ModuleType = load(
         name=folder.name,
@@ -133,24 +140,84 @@ def _find_ninja() -> None:
 
 @functools.cache
 def library() -> ModuleType | None:
-    """The compiled kernels, or None when switched off or not buildable here (warned once)."""
+    """The compiled kernels, or None when switched off or not buildable here (warned once).
+
+    Loading them registers their CPU kernels and CPU autograd on the op, whose schema ``op`` defines:
+    so ``op`` is imported first.
+    """
     if not enabled():
         return None
+    from cafusion.kernels import op
+
     try:
         lib = build()
     except Exception as exc:  # no compiler, no ninja, a failing build: the PyTorch path still works
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         warnings.warn(
-            f"cafusion: the native CPU kernels could not be built ({first}); the fast path uses its PyTorch "
-            f"primitives instead (set {ENV}=0 to skip the attempt)",
+            f"cafusion: the C++ CPU kernels could not be built ({_build_error(exc)}); using the PyTorch path "
+            f"instead (same results, slower); set {ENV}=0 to skip the attempt",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=_caller_level(),
         )
         return None
     mib = os.environ.get(CACHE_ENV)
     if mib is not None:
         lib.cache_set_limit(int(float(mib) * 2**20))
+    lib.set_double_backward(op.differentiable_backward)
+    lib.set_gather_rows(choose_pool_variant(lib))
     return lib
+
+
+def choose_pool_variant(lib: ModuleType) -> bool:
+    """Whether short float32 rows pool faster through AVX-512 gathers than row by row, on this CPU.
+
+    Measured once per build and machine (the build folder is per CPU), remembered in ``pool_variant.json``:
+    both variants pool a (64, 256, 49) float32 tensor (7x7 maps, where the gap is widest) five times, and the
+    faster median wins. The gathers won 1.7x on the CPU they were written on and lost 4x on a Zen 4, so no
+    fixed choice is right everywhere. ``CAFUSION_POOL_GATHERS=0/1`` overrides the measurement.
+    """
+    forced = os.environ.get(GATHER_ENV)
+    if forced is not None:
+        return forced.strip().lower() not in ("0", "false", "no", "off")
+    record = build_dir() / "pool_variant.json"
+    try:
+        return bool(json.loads(record.read_text())["gathers"])
+    except (OSError, ValueError, KeyError):
+        pass
+    x3 = torch.randn(64, 256, 49)
+    times: dict[bool, float] = {}
+    for gathers in (False, True, False, True):
+        lib.set_gather_rows(gathers)
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            lib.pool_stats(x3, True)
+            runs.append(time.perf_counter() - start)
+        times[gathers] = min(times.get(gathers, float("inf")), statistics.median(runs))
+    choice = times[True] < times[False]
+    with contextlib.suppress(OSError):
+        record.write_text(json.dumps({"gathers": choice, "seconds": {str(k): v for k, v in times.items()}}))
+    return choice
+
+
+def _build_error(exc: BaseException) -> str:
+    """The compiler's first error line, not the ninja command line and build log torch's message holds."""
+    text = str(exc)
+    if "ninja is required" in text.lower():
+        return "ninja is not installed: pip install 'cafusion[native]'"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line.lower() and not line.startswith("FAILED:")]
+    first = (errors or lines or [type(exc).__name__])[0]
+    return first if len(first) <= 200 else first[:197] + "..."
+
+
+def _caller_level() -> int:
+    """``warnings.warn`` stacklevel of the first frame outside cafusion and torch: the user's call."""
+    package = next(p for p in Path(__file__).parents if p.name == "cafusion")
+    inside = (str(package), str(Path(torch.__file__).parent))
+    frame, level = sys._getframe(1), 1  # level 1 is library() itself, the caller of this helper
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def set_cache_limit(nbytes: int) -> int:
@@ -184,37 +251,3 @@ def cache_disabled() -> Iterator[None]:
         yield
     finally:
         lib.cache_set_limit(limit)
-
-
-def layout_ok(t3: Tensor) -> bool:
-    """Whether the kernels take this (B, C, N) view: unit stride along N, or dense channels_last."""
-    b, c, n = t3.shape
-    if n > _MAX_N:
-        return False
-    if _rows(t3):
-        return True
-    return t3.stride(1) == 1 and t3.stride(2) == c and (b == 1 or t3.stride(0) == c * n)
-
-
-def for_tensor(x3: Tensor) -> ModuleType | None:
-    """The kernels if they apply to ``x3`` (a CPU float tensor in a layout they take), else None."""
-    if not x3.is_cpu or x3.dtype not in FLOAT_DTYPES or not layout_ok(x3):
-        return None
-    return library()
-
-
-def like(dy: Tensor, x: Tensor) -> Tensor:
-    """dy in a layout the kernels take together with x, both (B, C, *spatial). Autograd may hand over
-    any strides: an expanded scalar for ``y.sum().backward()``, a contiguous gradient for channels_last y.
-    Usually dy has y's strides, which are x's."""
-    if dy.stride() == x.stride():
-        return dy
-    dy3, x3 = dy.flatten(2), x.flatten(2)
-    if layout_ok(dy3) and _rows(dy3) == _rows(x3):
-        return dy
-    return torch.empty_like(x).copy_(dy)
-
-
-def _rows(t3: Tensor) -> bool:
-    """The kernels' row layout (unit stride along N), as opposed to channels_last."""
-    return t3.stride(2) == 1 or t3.shape[2] == 1

@@ -1,0 +1,80 @@
+"""Which implementation runs a call of the block: the one place that decides.
+
+Two implementations exist: the readable composite (``cafusion.functional.composite``, the ground truth)
+and the operator ``cafusion::caft_forward`` (``cafusion.kernels.op``), whose kernel per device the
+PyTorch dispatcher picks (native C++ on the CPU, Triton on CUDA, plain PyTorch elsewhere). ``impl``
+says which one the caller wants: "reference" the composite, "fast" the op (an error where it cannot
+run), "auto" the op wherever it applies. The op applies unless something needs the block as ordinary
+torch ops: TorchScript and its tracer, ONNX export (no translation for a custom op), functorch
+transforms (vmap/grad have no rule for it), or torch.export with impl="auto" (an exported program of
+plain ATen ops runs anywhere, one holding the op needs cafusion at run time). Autocast runs the op.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from cafusion._dtypes import FLOAT_DTYPES, compute_dtype
+from cafusion.functional import composite
+from cafusion.kernels import op
+
+IMPLS = ("auto", "fast", "reference")
+
+
+def _functorch_active() -> bool:
+    """True inside vmap/grad/jacrev; a private probe, so a torch without it counts as 'not active'."""
+    if torch.compiler.is_compiling():  # dynamo answers this probe with its own tracing state
+        return False
+    peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
+def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float, impl: str = "fast") -> str | None:
+    """Why the op cannot (or, for impl="auto", should not) run this call; None when it runs.
+
+    ``weights``: the MLP and router weights and biases (absent ones None).
+    """
+    if torch.jit.is_scripting() or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
+        return "TorchScript scripting/tracing is active"
+    if torch.compiler.is_compiling():
+        if impl == "auto" and torch.compiler.is_exporting():
+            return "torch.export is active (impl='auto' exports the portable composite)"
+        if torch.onnx.is_in_onnx_export():
+            return "ONNX export is active"
+    if _functorch_active():
+        return "a functorch transform (vmap/grad/jacrev) is active"
+    if x.dtype not in FLOAT_DTYPES:
+        return f"x has dtype {x.dtype}"
+    present = [t for t in weights if t is not None]
+    if any(t.dtype != present[0].dtype for t in present):
+        return "the weights have different dtypes"
+    tensors = [*present, temperature] if isinstance(temperature, Tensor) else present
+    if isinstance(temperature, Tensor) and temperature.numel() != 1:
+        return f"temperature has {temperature.numel()} elements, not 1"
+    # is_cpu is a flag; .device builds an object (~0.4 µs each, ten of them per call at small maps)
+    if any(not t.is_cpu for t in tensors) if x.is_cpu else any(t.device != x.device for t in tensors):
+        return "the weights, temperature and x are on different devices"
+    return None
+
+
+def run(
+    x: Tensor, weights: list[Tensor | None], temperature: Tensor | float, fusion: str, gate: str, act: str, impl: str
+) -> composite.FusionOutput:
+    """Run the block with the implementation ``impl`` asks for; arguments already checked.
+
+    ``weights``: fc1 weight/bias, fc2 weight/bias, router layer 1 weight/bias, layer 2 weight/bias.
+    """
+    fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b = weights
+    assert fc1_w is not None and fc2_w is not None
+    if impl != "reference":
+        reason = blocker(x, weights, temperature, impl)
+        if reason is None:
+            if not isinstance(temperature, Tensor):
+                temperature = torch.tensor(temperature, dtype=compute_dtype(x.dtype, fc1_w.dtype), device=x.device)
+            return composite.FusionOutput(*op.run(x, [*weights, temperature], fusion, gate, act))
+        if impl == "fast":
+            raise RuntimeError(f"impl='fast' cannot run here: {reason}; use impl='auto' or 'reference'")
+    return composite.channel_attention_fusion(
+        x, fc1_w, fc1_b, fc2_w, fc2_b, fusion, r1_w, r1_b, r2_w, r2_b, temperature, gate, act
+    )
