@@ -145,7 +145,8 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"{len(runs)} runs{shard}: {len(runs) - len(pending)} already finished, {len(pending)} to run, {jobs} at once"
     )
-    execute.execute(pending, out, jobs=jobs, threads=args.threads, progress=False if args.no_progress else None)
+    progress = False if args.no_progress else None
+    execute.execute(pending, out, jobs=jobs, threads=args.threads, progress=progress, printer=_print_now)
     written = write_report(out, build_report(out), figures=not args.no_figures)
     print(f"report: {written[1]} ({len(written)} files)")
     return 0
@@ -172,3 +173,8 @@ def _check_model_and_data(config: Any) -> None:
                     widths=config.widths,
                 )
             )
+
+
+def _print_now(line: str) -> None:
+    """One line per finished run, flushed: a log file shows progress while the comparison runs."""
+    print(line, flush=True)

@@ -84,6 +84,7 @@ class CompareConfig:
         labels = [v.label for v in self.variants]
         if len(set(labels)) != len(labels):
             raise ValueError(f"variant labels must be unique, got {labels}")
+        import cafusion.compare.probes  # noqa: F401  (registers the caft_rn probe)
         from cafusion.layers.registry import create_attention
 
         for v in self.variants:  # an unknown name or a bad option fails now, not after an hour of runs

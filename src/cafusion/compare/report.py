@@ -199,6 +199,35 @@ def _versus(entry: dict[str, Any], baseline: str) -> str:
     return f"{100 * v['mean_diff']:+.2f} (p={v['p']:.3g}; {v['win']}/{v['tie']}/{v['loss']})"
 
 
+def _summary(report: dict[str, Any]) -> list[str]:
+    """One table per model: data sets x variants, mean ± std, with the published mean beside them."""
+    lines: list[str] = []
+    models = sorted({t["model"] for t in report["tables"]})
+    for model in models:
+        tables = [t for t in report["tables"] if t["model"] == model]
+        variants: list[str] = []
+        for t in tables:
+            variants += [v["variant"] for v in t["variants"] if v["variant"] not in variants]
+        lines += [
+            f"## Summary · {model}: test accuracy %, mean ± std over seeds (seeds in brackets where not all agree)",
+            "",
+            "| data set | published | " + " | ".join(variants) + " |",
+            "|---|---|" + "---|" * len(variants),
+        ]
+        most = max(v["acc"]["n"] for t in tables for v in t["variants"])
+        for t in tables:
+            by = {v["variant"]: v for v in t["variants"]}
+            cells = []
+            for name in variants:
+                v = by.get(name)
+                n = "" if v is None or v["acc"]["n"] == most else f" ({v['acc']['n']})"
+                cells.append("–" if v is None else f"{_pct(v['acc']['mean'])} ± {100 * v['acc']['std']:.2f}{n}")
+            pub = "–" if t["published_acc"] is None else f"{t['published_acc']:.1f}"
+            lines.append(f"| {t['dataset']} | {pub} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
     lines = [
         "# cafusion compare report",
@@ -210,6 +239,7 @@ def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
         f"> {CONSISTENCY}",
         "",
     ]
+    lines += _summary(report)
     for t in report["tables"]:
         pub = "" if t["published_acc"] is None else f"; published {t['model']} mean: {t['published_acc']:.1f}%"
         lines += [

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import cafusion.compare.probes  # noqa: F401  (registers the caft_rn probe in worker processes too)
 from cafusion.compare.plan import RunSpec, batch_size_for
 from cafusion.compare.sources import Split, load_split
 from cafusion.diagnostics import FusionMonitor

@@ -1,0 +1,76 @@
+"""ucr:NAME data: aeon's bundled UCR/UEA sets, published split, z-normalised per series, padded unequal lengths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("aeon", reason="ucr: data needs the timeseries extra (aeon); the dev environment has it")
+
+from cafusion.training.data import DataError, load_dataset
+from cafusion.training.ucr import bundled_datasets, load_ucr, znormalise
+
+PUBLISHED_SIZES = {  # (train, test, channels, length, classes) of the UCR/UEA archive releases
+    "GunPoint": (50, 150, 1, 150, 2),
+    "ArrowHead": (36, 175, 1, 251, 3),
+    "ItalyPowerDemand": (67, 1029, 1, 24, 2),
+    "BasicMotions": (40, 40, 6, 100, 4),
+    "JapaneseVowels": (270, 370, 12, 29, 9),
+}
+
+
+def test_the_issue_data_sets_are_bundled() -> None:
+    assert set(PUBLISHED_SIZES) <= set(bundled_datasets())
+    assert "Airline" not in bundled_datasets()  # a forecasting series, not a classification set
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_SIZES))
+def test_published_split_shapes_and_labels(name: str) -> None:
+    data = load_ucr(name)
+    n_train, n_test, channels, length, classes = PUBLISHED_SIZES[name]
+    assert tuple(data.train.x.shape) == (n_train, channels, length)
+    assert tuple(data.test.x.shape) == (n_test, channels, length)
+    assert data.train.num_classes == data.test.num_classes == classes
+    assert set(data.train.y.tolist()) == set(range(classes))
+    assert data.train.x.dtype == torch.float32 and data.train.y.dtype == torch.int64
+
+
+def test_each_series_is_z_normalised_per_channel() -> None:
+    x = load_ucr("BasicMotions").train.x.double()
+    torch.testing.assert_close(x.mean(2), torch.zeros(x.shape[:2], dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        x.std(2, unbiased=False), torch.ones(x.shape[:2], dtype=torch.float64), atol=1e-4, rtol=0
+    )
+
+
+def test_znormalise_flat_channel_is_zeros() -> None:
+    import numpy as np
+
+    out = znormalise(np.array([[3.0, 3.0, 3.0], [1.0, 2.0, 3.0]]))
+    assert (out[0] == 0).all()
+    np.testing.assert_allclose(out[1], [-1.224744871, 0.0, 1.224744871])
+
+
+def test_unequal_lengths_are_padded_with_lengths_kept() -> None:
+    data = load_ucr("JapaneseVowels")
+    assert data.padded and "zero-padded" in data.describe()
+    lengths = data.lengths_train
+    assert int(lengths.min()) < 29 == int(max(lengths.max(), data.lengths_test.max()))
+    short = int(torch.argmin(lengths))
+    n = int(lengths[short])
+    series = data.train.x[short]
+    assert (series[:, n:] == 0).all()
+    # normalised over its own valid length, not over the padding
+    torch.testing.assert_close(series[:, :n].mean(1), torch.zeros(12), atol=1e-5, rtol=0)
+    assert not load_ucr("GunPoint").padded
+
+
+def test_unknown_name_is_refused_without_download() -> None:
+    with pytest.raises(DataError, match=r"unknown dataset 'ucr:Adiac': aeon bundles only \[.*GunPoint"):
+        load_ucr("Adiac")
+
+
+def test_names_are_case_insensitive_and_train_accepts_ucr() -> None:
+    assert load_ucr("gunpoint").name == "GunPoint"
+    train = load_dataset("ucr:ItalyPowerDemand")
+    assert len(train) == 67 and train.classes == ("1", "2")
