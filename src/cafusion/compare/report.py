@@ -146,8 +146,29 @@ def _router_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "T_mean": sum(t) / len(t) if t else None,
             "gate_saturation_mean": sum(b["gate_saturation"] for b in bs) / len(bs),
             "input_max_over_avg": sum(b["input_max_abs"] / max(b["input_avg_abs"], 1e-12) for b in bs) / len(bs),
+            "w_avg_epoch1": [b["w_avg_per_epoch"][0] for b in bs if b["w_avg_per_epoch"][:1] != [None]],
+            "collapse_epoch": [collapse_epoch(b["w_avg_per_epoch"]) for b in bs],
+            "router_grad_early": _mean_of([_mean_of(b["router_grad_per_epoch"][:5]) for b in bs]),
+            "router_grad_late": _mean_of([_mean_of(b["router_grad_per_epoch"][-10:]) for b in bs]),
+            "mlp_grad_early": _mean_of([_mean_of(b.get("mlp_grad_per_epoch", [])[:5]) for b in bs]),
+            "mlp_grad_late": _mean_of([_mean_of(b.get("mlp_grad_per_epoch", [])[-10:]) for b in bs]),
         }
     return out
+
+
+def collapse_epoch(trace: list[float | None], threshold: float = 0.01) -> int | None:
+    """The first epoch from which the training w_avg stays within ``threshold`` of 0 or 1 to the end."""
+    values = [w for w in trace if w is not None]
+    first = None
+    for epoch, w in enumerate(values, start=1):
+        collapsed = min(w, 1 - w) < threshold
+        first = (first or epoch) if collapsed else None
+    return first
+
+
+def _mean_of(values: list[float] | list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
 
 
 def write_report(out: Path, report: dict[str, Any], figures: bool = True) -> list[Path]:
@@ -263,18 +284,30 @@ def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
             lines += [
                 "",
                 "Router (test set, mean over seeds): w_avg per seed, share of samples preferring max, "
-                "seeds collapsed (w_avg < 0.01 or > 0.99), T, gate saturation, mean |max| / mean |avg| statistic.",
+                "seeds collapsed (w_avg < 0.01 or > 0.99), T, gate saturation, mean |max| / mean |avg| statistic "
+                "at the block's input; from training: w_avg after epoch 1, the epoch from which w_avg stayed "
+                "collapsed (per seed), and the router's gradient norm per step, mean of the first 5 and the last "
+                "10 epochs (with the block's MLP's in brackets, a control: all gradients shrink as the loss does).",
                 "",
-                "| variant | block | w_avg per seed | prefer max | collapsed | T | gate sat. | max/avg |",
-                "|---|---|---|---|---|---|---|---|",
+                "| variant | block | w_avg per seed | prefer max | collapsed | T | gate sat. | max/avg "
+                "| w_avg ep. 1 | collapsed from epoch | router grad first → last |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for v in routers:
                 for block, r in v["router"].items():
                     w = ", ".join(f"{x:.3f}" for x in r["w_avg_per_seed"]) or "– (sum fusion)"
                     pm = "–" if r["prefer_max_mean"] is None else f"{100 * r['prefer_max_mean']:.0f}%"
+                    w1 = ", ".join(f"{x:.2f}" for x in r.get("w_avg_epoch1", [])) or "–"
+                    since = ", ".join("–" if e is None else str(e) for e in r.get("collapse_epoch", [])) or "–"
+                    early, late = r.get("router_grad_early"), r.get("router_grad_late")
+                    grad = "–" if not early or late is None else f"{early:.2g} → {late:.2g}"
+                    m_early, m_late = r.get("mlp_grad_early"), r.get("mlp_grad_late")
+                    if m_early and m_late is not None:
+                        grad += f" (MLP {m_early:.2g} → {m_late:.2g})"
                     lines.append(
                         f"| {v['variant']} | {block} | {w} | {pm} | {r['collapsed_seeds']}/{r['seeds']} | "
-                        f"{r['T_mean']:.3f} | {100 * r['gate_saturation_mean']:.1f}% | {r['input_max_over_avg']:.2f} |"
+                        f"{r['T_mean']:.3f} | {100 * r['gate_saturation_mean']:.1f}% | {r['input_max_over_avg']:.2f} | "
+                        f"{w1} | {since} | {grad} |"
                     )
         lines.append("")
     for model, rank in report["ranking"].items():

@@ -80,12 +80,14 @@ def _routers(model: nn.Module) -> dict[str, ChannelAttentionFusionT]:
     return {n: m for n, m in model.named_modules() if isinstance(m, ChannelAttentionFusionT)}
 
 
-def _router_grad_norm(block: ChannelAttentionFusionT) -> float:
-    router = block.fusion_router
-    if router is None:
-        return 0.0
-    grads = [p.grad for p in router.parameters() if p.grad is not None]
+def _grad_norm(modules: list[nn.Module | None]) -> float:
+    grads = [p.grad for m in modules if m is not None for p in m.parameters() if p.grad is not None]
     return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0.0
+
+
+def _block_grads(block: ChannelAttentionFusionT) -> tuple[float, float]:
+    """Gradient norms of the router and, as a control, of the block's MLP (both shrink as the loss does)."""
+    return _grad_norm([block.fusion_router]), _grad_norm([block.fc1, block.fc2])
 
 
 class _InputScales:
@@ -131,7 +133,8 @@ def train_run(run: RunSpec, on_epoch: EpochHook | None = None) -> dict[str, Any]
     best_loss, best_state, best_epoch = math.inf, copy.deepcopy(model.state_dict()), 0
     history: list[dict[str, Any]] = []
     budget_acc: dict[str, float] = {}
-    router_trace: dict[str, dict[str, list[float | None]]] = {n: {"w_avg": [], "grad": []} for n in blocks}
+    traces = ("w_avg", "grad", "mlp_grad")
+    router_trace: dict[str, dict[str, list[float | None]]] = {n: {k: [] for k in traces} for n in blocks}
     seconds = 0.0
     x_all, y_all = train_set.x, train_set.y
     for epoch in range(cfg.epochs):
@@ -140,7 +143,8 @@ def train_run(run: RunSpec, on_epoch: EpochHook | None = None) -> dict[str, Any]
         if monitor is not None:
             monitor.attach()
         order = epoch_order(run.seed, epoch, len(train_set))
-        loss_sum, correct, grad = 0.0, 0, dict.fromkeys(blocks, 0.0)
+        loss_sum, correct = 0.0, 0
+        grad, mlp_grad = dict.fromkeys(blocks, 0.0), dict.fromkeys(blocks, 0.0)
         for i in range(0, len(order), batch):
             index = order[i : i + batch]
             xb, yb = x_all[index].to(device), y_all[index].to(device)
@@ -149,7 +153,9 @@ def train_run(run: RunSpec, on_epoch: EpochHook | None = None) -> dict[str, Any]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             for name, block in blocks.items():
-                grad[name] += _router_grad_norm(block)
+                router_grad, block_mlp_grad = _block_grads(block)
+                grad[name] += router_grad
+                mlp_grad[name] += block_mlp_grad
             optimizer.step()
             loss_sum += float(loss.detach()) * len(index)
             correct += int((logits.argmax(1) == yb).sum())
@@ -163,6 +169,7 @@ def train_run(run: RunSpec, on_epoch: EpochHook | None = None) -> dict[str, Any]
         steps = max(1, math.ceil(len(order) / batch))
         for name in blocks:
             router_trace[name]["grad"].append(grad[name] / steps)
+            router_trace[name]["mlp_grad"].append(mlp_grad[name] / steps)
         if train_loss < best_loss:
             best_loss, best_state, best_epoch = train_loss, copy.deepcopy(model.state_dict()), epoch + 1
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / len(order)})
@@ -237,5 +244,6 @@ def _diagnose(
             "input_max_abs": inputs[name]["max_abs"],
             "w_avg_per_epoch": trace[name]["w_avg"],
             "router_grad_per_epoch": trace[name]["grad"],
+            "mlp_grad_per_epoch": trace[name]["mlp_grad"],
         }
     return out
