@@ -14,20 +14,25 @@ from tests.parity import TOLERANCES, all_configs, assert_same, config_id, run
 SHAPES = [(2, 8, 1, 1), (3, 16, 5, 7), (2, 33, 4, 3)]
 
 
-def make_pair(reference: ModuleType, channels: int, dtype: torch.dtype = torch.float32, **cfg: Any):
+def make_pair(reference: ModuleType, channels: int, dtype: torch.dtype = torch.float32, impl: str = "auto", **cfg: Any):
     """The reference and our block with identical weights (ours loads the reference's state_dict)."""
     ref = reference.ChannelAttentionFusionT(channels, **cfg).to(dtype)
-    ours = ChannelAttentionFusionT(channels, **cfg).to(dtype)
+    ours = ChannelAttentionFusionT(channels, impl=impl, **cfg).to(dtype)
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours
 
 
+@pytest.mark.parametrize("impl", ["reference", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("cfg", all_configs(), ids=config_id)
-def test_all_configurations_match_reference(reference: ModuleType, cfg: dict[str, Any], dtype: torch.dtype) -> None:
+def test_all_configurations_match_reference(
+    reference: ModuleType, cfg: dict[str, Any], dtype: torch.dtype, impl: str
+) -> None:
+    """The composite (impl="reference", the ground truth of every backend) and the default path, both
+    against the reference file."""
     rtol, atol = TOLERANCES[dtype]
     for shape in SHAPES:
-        ref, ours = make_pair(reference, shape[1], dtype, reduction=4, **cfg)
+        ref, ours = make_pair(reference, shape[1], dtype, reduction=4, impl=impl, **cfg)
         x = torch.randn(shape, dtype=dtype)
         assert_same(run(ours, x), run(ref, x), rtol, atol)
 

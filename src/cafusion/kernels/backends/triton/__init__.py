@@ -15,7 +15,8 @@ from torch import Tensor
 
 from cafusion._dtypes import compute_dtype
 from cafusion.kernels.backends import pytorch
-from cafusion.kernels.backends.pytorch import Gradients, Outputs, small
+from cafusion.kernels.backends.pytorch import Gradients, Outputs
+from cafusion.kernels.backends.pytorch import small as pytorch_small
 from cafusion.kernels.backends.pytorch.small import Params
 from cafusion.kernels.backends.triton import passes
 from cafusion.kernels.backends.triton import small as triton_small
@@ -33,11 +34,14 @@ def is_available(x: Tensor) -> bool:
 
 
 def _small_path(x: Tensor, p: Params) -> ModuleType:
-    """The fused Triton small path for float32 statistics up to SMALL_MAX_C channels, else PyTorch's."""
+    """The fused Triton small path for float32 statistics up to SMALL_MAX_C channels, else PyTorch's.
+
+    (A package's submodule import rebinds its name in the package: hence ``pytorch_small``/``triton_small``.)
+    """
     stats = x.new_empty((0, x.shape[1]), dtype=compute_dtype(x.dtype, p.fc1_w.dtype))
     if x.shape[1] <= SMALL_MAX_C and triton_small.is_available(stats):
         return triton_small
-    return small
+    return pytorch_small
 
 
 def _passes(x: Tensor) -> ModuleType:
