@@ -1,0 +1,130 @@
+"""Padded batches: which positions of a (B, C, *spatial) map are real, and statistics over those only.
+
+Two ways to say it, both absolute (never guessed from the data):
+
+- ``lengths``: an integer tensor (B,) of valid lengths along the LAST dim (NeMo's ``SqueezeExcite(x,
+  lengths)`` convention), for (B, C, L) signals padded at the end; every length in [1, L].
+- ``mask``: a boolean tensor (B, *spatial), True where the position is real, for 2D/3D maps or padding
+  anywhere; every sample needs at least one True.
+
+SpeechBrain's relative lengths (fractions of L) are not accepted: a float tensor of lengths is refused
+rather than interpreted, since 0.5 could mean half of L or a bug. Convert with ``(rel * L).round().long()``.
+
+Both become one (B, N) boolean ``valid`` over the flattened spatial positions, which every
+implementation (the composite, each backend, the baselines) takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def valid_mask(x: Tensor, lengths: Tensor | None = None, mask: Tensor | None = None) -> Tensor | None:
+    """The (B, N) boolean mask of real positions of x (B, C, *spatial), or None when everything is real.
+
+    Checks the arguments before any work and raises a one-line error naming the wrong one.
+    """
+    if lengths is not None and mask is not None:
+        raise ValueError("pass either lengths (B,) or mask (B, *spatial), not both")
+    if lengths is None and mask is None:
+        return None
+    b, spatial = x.shape[0], tuple(x.shape[2:])
+    if lengths is not None:
+        if not isinstance(lengths, Tensor):
+            raise TypeError(f"lengths must be an integer torch.Tensor of shape ({b},), got {type(lengths).__name__}")
+        if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
+            raise TypeError(
+                f"lengths must hold integer (absolute) lengths, got dtype {lengths.dtype}; for relative lengths "
+                "convert with (rel * L).round().long()"
+            )
+        if tuple(lengths.shape) != (b,):
+            raise ValueError(f"lengths must have shape ({b},) (one length per sample), got {tuple(lengths.shape)}")
+        if lengths.device != x.device:
+            raise ValueError(f"lengths must be on x's device ({x.device}), got {lengths.device}")
+        size = spatial[-1]
+        if not torch.compiler.is_compiling() and b and not bool(((lengths >= 1) & (lengths <= size)).all()):
+            bad = lengths[(lengths < 1) | (lengths > size)][0].item()
+            raise ValueError(f"lengths must lie in [1, {size}] (the last dim of x), got {bad}")
+        positions = torch.arange(size, device=x.device)
+        last = positions.view((1,) * len(spatial) + (size,)) < lengths.view((b,) + (1,) * len(spatial))
+        return last.expand((b, *spatial)).reshape(b, -1)
+    assert mask is not None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask must be a boolean torch.Tensor of shape {(b, *spatial)}, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must have dtype torch.bool (True = real position), got {mask.dtype}")
+    if tuple(mask.shape) != (b, *spatial):
+        raise ValueError(f"mask must have shape {(b, *spatial)} (B, *spatial of x), got {tuple(mask.shape)}")
+    if mask.device != x.device:
+        raise ValueError(f"mask must be on x's device ({x.device}), got {mask.device}")
+    valid = mask.reshape(b, -1)
+    if not torch.compiler.is_compiling() and b and not bool(valid.any(dim=1).all()):
+        empty = int((~valid.any(dim=1)).nonzero()[0].item())
+        raise ValueError(f"mask has no True position for sample {empty}: every sample needs at least one")
+    return valid
+
+
+def masked_mean(x: Tensor, valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per-channel mean over the real positions, (B, C) in ``dtype``; padding values (even NaN) never enter."""
+    x3 = x.flatten(2)
+    keep = valid.unsqueeze(1)
+    total = torch.where(keep, x3, torch.zeros((), dtype=x3.dtype, device=x3.device)).sum(dim=2, dtype=dtype)
+    return total / valid.sum(dim=1, keepdim=True).to(dtype)
+
+
+def masked_max(x: Tensor, valid: Tensor) -> Tensor:
+    """Per-channel max over the real positions, (B, C); its gradient goes to the first maximal real position."""
+    x3 = x.flatten(2)
+    low = torch.full((), float("-inf"), dtype=x3.dtype, device=x3.device)
+    return F.adaptive_max_pool1d(torch.where(valid.unsqueeze(1), x3, low), 1).squeeze(2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Lengths through models that pass one tensor (nn.Sequential, timm/torchvision blocks)
+
+_current = threading.local()
+
+
+@contextlib.contextmanager
+def padding(lengths: Tensor | None = None, mask: Tensor | None = None, *, length: int | None = None) -> Iterator[None]:
+    """Within this block, every cafusion attention layer called without its own lengths/mask uses these.
+
+    ``nn.Sequential`` and model zoos pass one tensor from layer to layer, so the padding cannot travel
+    with it. ``lengths`` are measured on the model input's last axis of ``length`` positions (its padded
+    length); a layer whose last axis a strided layer shortened to L' gets ceil(len * L' / length), the
+    usual rule for 'same'-padded convolutions. Without ``length`` the lengths are used as they are
+    (clamped to the layer's axis). A mask is only used by layers whose spatial shape equals it.
+    Thread-local, so data-parallel threads do not see each other's batches.
+    """
+    previous = getattr(_current, "value", None)
+    _current.value = (lengths, mask, length)
+    try:
+        yield
+    finally:
+        _current.value = previous
+
+
+def current(x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """The (lengths, mask) of the enclosing ``padding`` block, adapted to x's shape (or (None, None))."""
+    value = getattr(_current, "value", None)
+    if value is None:
+        return None, None
+    lengths, mask, full = value
+    if lengths is not None:
+        return scale_lengths(lengths, x.shape[-1], full), None
+    if mask is not None and tuple(mask.shape[1:]) == tuple(x.shape[2:]) and mask.shape[0] == x.shape[0]:
+        return None, mask
+    return None, None
+
+
+def scale_lengths(lengths: Tensor, size: int, full: int | None) -> Tensor:
+    """Lengths measured on an axis of ``full`` positions, mapped onto one of ``size`` (strided layers)."""
+    if full is None or full == size:
+        return lengths.clamp(1, size)
+    return torch.div(lengths * size + full - 1, full, rounding_mode="floor").clamp(1, size)
