@@ -1,4 +1,4 @@
-"""Block benchmark: ours vs the reference, timm's ChannelAttn and torch.compile (see docs/performance.md).
+"""The benchmarks of ``cafusion bench`` (block table, shape sweep, autocast, networks; see docs/performance.md).
 
 Usage: ``python benchmarks/run_block.py [--quick] [--out DIR] [...]``; same flags as ``cafusion bench``.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from cafusion.bench.block import main
+from cafusion.bench.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))

@@ -206,9 +206,9 @@ def test_bad_input_is_one_clear_line_and_a_non_zero_exit(
     assert_one_line_error(result, *needles)
 
 
-# The benchmark's own flags that make it tiny: one small shape, one dtype and layout, one repeat.
-TINY_BENCH = ["--shapes", "1x8x4x4", "--dtypes", "fp32", "--layouts", "contiguous", "--repeats", "1"]
-TINY_BENCH += ["--no-thp", "--no-memory", "--no-compile"]
+# The benchmark's own flags that make it tiny: the block table only, one small shape, dtype and layout, one round.
+TINY_BENCH = ["--block", "--shapes", "1x8x4x4", "--dtypes", "fp32", "--layouts", "contiguous", "--repeats", "1"]
+TINY_BENCH += ["--no-memory", "--no-compile"]
 
 
 def test_bench_forwards_to_the_block_benchmark(tmp_path: Path) -> None:
@@ -218,4 +218,4 @@ def test_bench_forwards_to_the_block_benchmark(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "1x8x4x4" in result.stdout and "ours" in result.stdout  # the benchmark's table
     written = json.loads((tmp_path / "block.json").read_text())  # written where --out said
-    assert [c["shape"] for c in written["cases"]] == [[1, 8, 4, 4]]
+    assert [c["shape"] for c in written["rows"]] == [[1, 8, 4, 4]]

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 from torch import Tensor
 
-from cafusion.bench import block as bench
 from cafusion.kernels import cpu, dispatch
 
 LAYOUTS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -96,24 +92,3 @@ def test_dispatcher_uses_torch_on_cpu_and_without_triton(monkeypatch: pytest.Mon
     assert dispatch.backend(torch.randn(2, 3, 4)) is cpu
     monkeypatch.setattr(dispatch, "_triton_ops", lambda: None)
     assert dispatch.backend(torch.randn(2, 3, 4)) is cpu
-
-
-def test_benchmark_quick_run_writes_json(tmp_path: Path, reference: ModuleType) -> None:
-    folder = str(Path(str(reference.__file__)).parent)
-    argv = ["--quick", "--no-thp", "--shapes", "2x8x4x4", "--layouts", "contiguous", "--repeats", "1"]
-    assert bench.main([*argv, "--reference", folder, "--out", str(tmp_path)]) == 0
-    data = json.loads((tmp_path / "block.json").read_text())
-    assert data["meta"]["reference_found"] is True
-    (case,) = data["cases"]
-    assert case["shape"] == [2, 8, 4, 4] and case["dtype"] == "fp32"
-    for mode in ("forward", "forward_backward"):
-        assert set(case["ms"][mode]) == {"reference", "timm", "ours"}
-        assert case["floor_ms"][mode] == pytest.approx(bench.FLOOR_COPIES[mode] * case["copy_ms"])
-    assert set(case["peak_train_step_mib"]) == {"reference", "timm", "ours"}
-    assert {"speedup_vs_reference", "speedup_vs_timm", "ours_over_floor"} <= case.keys()
-    assert data["targets"] and all({"check", "value", "limit", "pass"} <= t.keys() for t in data["targets"])
-
-
-def test_benchmark_rejects_bad_shapes() -> None:
-    with pytest.raises(SystemExit):
-        bench.main(["--no-thp", "--shapes", "2x8x4"])

@@ -1,1 +1,1 @@
-"""Benchmarks of the block: ``block`` compares the fast path with the reference, timm and torch.compile."""
+"""Benchmarks of the block: the image table, the shape sweep, bf16 autocast and whole networks (``cafusion bench``)."""

@@ -71,12 +71,15 @@ def interleaved_ms(
 def _output_cache_off() -> contextlib.AbstractContextManager[Any]:
     """cafusion's CPU kernels may reuse freed output buffers outside torch's allocator, where the
     profiler cannot see them; switching that cache off (where the kernels have one) counts every buffer."""
-    try:
-        native = importlib.import_module("cafusion.kernels.backends.native")
-    except ImportError:
-        return contextlib.nullcontext()
-    off = getattr(native, "cache_disabled", None)
-    return off() if callable(off) else contextlib.nullcontext()  # type: ignore[no-any-return]
+    for name in ("cafusion.kernels.backends.native", "cafusion.kernels.native"):
+        try:
+            native = importlib.import_module(name)
+        except ImportError:
+            continue
+        off = getattr(native, "cache_disabled", None)
+        if callable(off):
+            return off()  # type: ignore[no-any-return]
+    return contextlib.nullcontext()
 
 
 def peak_extra_mib(fn: Callable[[], object], device: torch.device) -> float:
