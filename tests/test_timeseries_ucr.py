@@ -74,3 +74,14 @@ def test_names_are_case_insensitive_and_train_accepts_ucr() -> None:
     assert load_ucr("gunpoint").name == "GunPoint"
     train = load_dataset("ucr:ItalyPowerDemand")
     assert len(train) == 67 and train.classes == ("1", "2")
+
+
+def test_znorm_off_keeps_the_archive_values() -> None:
+    from aeon.datasets import load_classification
+
+    from cafusion.training.ucr import _data_dir
+
+    raw, _ = load_classification("BasicMotions", split="train", extract_path=str(_data_dir()))
+    data = load_ucr("BasicMotions", znorm=False)
+    torch.testing.assert_close(data.train.x, torch.from_numpy(raw).float())
+    assert "not z-normalised" in data.describe()
