@@ -68,6 +68,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--budgets", default="auto", metavar="E1,E2,...", help="epochs at which to test too; auto: 1,2,4,..."
     )
+    p.add_argument("--no-znorm", action="store_true", help="ucr: keep the archive's values (no per-series z-norm)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="for sources without a published split")
     p.add_argument("--widths", default="32,64", metavar="W1,W2", help="small_cnn stage widths; default: 32,64")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; default: cpu")
@@ -115,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         widths=_ints("--widths", args.widths),
         device=args.device,
         out=args.out,
+        znorm=not args.no_znorm,
     ).validate()
     if args.budgets == "auto":
         config.budgets = default_budgets(config.epochs)
@@ -160,7 +162,7 @@ def _check_model_and_data(config: Any) -> None:
     from cafusion.training.models import ModelSpec, build_model
 
     for source in config.data:
-        split = load_split(source, config.first_seed, config.test_fraction)
+        split = load_split(source, config.first_seed, config.test_fraction, config.znorm)
         print(split.description)
         with torch.random.fork_rng():
             build_model(

@@ -71,6 +71,7 @@ class CompareConfig:
     device: str = "cpu"
     out: str = "runs/compare"
     budgets: tuple[int, ...] = ()  # extra epochs at which the best-so-far model is tested
+    znorm: bool = True  # ucr: z-normalise each series (Fawaz et al. 2019); False keeps the archive's values
 
     def validate(self) -> CompareConfig:
         if not isinstance(self.data, list) or not self.data or not all(isinstance(d, str) and d for d in self.data):

@@ -44,7 +44,7 @@ class RunSpec:
     def settings(self) -> dict[str, Any]:
         """The values a stored result must match to count as this run (resume, merge)."""
         cfg = self.config
-        return {
+        settings = {
             "source": self.source,
             "model": cfg.model,
             "variant": self.variant.label,
@@ -60,6 +60,9 @@ class RunSpec:
             "test_fraction": cfg.test_fraction,
             "widths": list(cfg.widths) if cfg.model == "small_cnn" else None,
         }
+        if not cfg.znorm:  # only when off, so results of the default stay valid
+            settings["znorm"] = False
+        return settings
 
 
 def plan(config: CompareConfig) -> list[RunSpec]:

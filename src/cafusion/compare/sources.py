@@ -41,11 +41,11 @@ def dataset_name(source: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _load_fixed(source: str) -> Split:
+def _load_fixed(source: str, znorm: bool = True) -> Split:
     if source.startswith("ucr:"):
         from cafusion.training.ucr import load_ucr
 
-        data = load_ucr(source[4:])
+        data = load_ucr(source[4:], znorm=znorm)
         return Split(data.train, data.test, data.describe(), data.lengths_train, data.lengths_test)
     try:
         from cafusion.cli.demo import load_digits
@@ -66,10 +66,10 @@ def _load_file(source: str) -> Dataset:
     return load_dataset(source)
 
 
-def load_split(source: str, seed: int, test_fraction: float) -> Split:
-    """The (train, test) sets of ``source`` for ``seed``."""
+def load_split(source: str, seed: int, test_fraction: float, znorm: bool = True) -> Split:
+    """The (train, test) sets of ``source`` for ``seed``; ``znorm`` applies to ``ucr:`` sources."""
     if source.startswith("ucr:") or source == "digits":
-        return _load_fixed(source)
+        return _load_fixed(source, znorm)
     data = _load_file(source)
     train, test = split_dataset(data, test_fraction, seed)
     if test is None:

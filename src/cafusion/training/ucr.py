@@ -7,8 +7,8 @@ al. 2019 (a constant channel becomes zeros).
 
 Unequal-length sets (JapaneseVowels) are zero-padded at the end to the longest series, after each
 series is normalised over its own valid length. ``UCRData.lengths_*`` keep the true lengths and
-``padded`` says that padding happened, so a model that takes lengths (the "Variable-length
-sequences" issue) can use them instead; until then the padding is part of the input.
+``padded`` says that padding happened; the ``Dataset``s then carry the lengths too, so ``cafusion
+train`` cuts each batch to its longest series and gives the model the lengths (masked pooling).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class UCRData:
     lengths_train: Tensor
     lengths_test: Tensor
     padded: bool
+    znorm: bool = True
 
     def describe(self) -> str:
         x = self.train.x
@@ -44,6 +45,8 @@ class UCRData:
             f"{self.name}: {len(self.train)} train / {len(self.test)} test series, {kind} ({x.shape[1]} channel(s)), "
             f"length {x.shape[2]}, {self.train.num_classes} classes"
         )
+        if not self.znorm:
+            text += "; values as stored in the archive (not z-normalised)"
         if self.padded:
             lo = int(min(self.lengths_train.min(), self.lengths_test.min()))
             text += f"; unequal lengths {lo}..{x.shape[2]} zero-padded at the end to {x.shape[2]}"
@@ -81,8 +84,12 @@ def _is_classification(path: Path) -> bool:
     return False
 
 
-def load_ucr(name: str) -> UCRData:
-    """Load the bundled set ``name`` (case as aeon spells it; other cases are matched too)."""
+def load_ucr(name: str, znorm: bool = True) -> UCRData:
+    """Load the bundled set ``name`` (case as aeon spells it; other cases are matched too).
+
+    ``znorm=False`` keeps the values as the archive stores them (the univariate UCR files are already
+    z-normalised; the multivariate UEA ones are not, and their channel levels can carry the class).
+    """
     known = bundled_datasets()
     match = {n.lower(): n for n in known}.get(name.lower())
     if match is None:
@@ -101,17 +108,18 @@ def load_ucr(name: str) -> UCRData:
         raise DataError(f"'ucr:{match}': test labels {unseen} do not occur in the training split")
     series_train, series_test = _as_series(raw_train), _as_series(raw_test)
     length = max(s.shape[1] for s in series_train + series_test)
-    x_train, len_train = _stack(series_train, length)
-    x_test, len_test = _stack(series_test, length)
+    x_train, len_train = _stack(series_train, length, znorm)
+    x_test, len_test = _stack(series_test, length, znorm)
     padded = bool((len_train != length).any() or (len_test != length).any())
     index = {c: i for i, c in enumerate(classes)}
     return UCRData(
         name=match,
-        train=Dataset(x_train, _labels(y_train, index), classes),
-        test=Dataset(x_test, _labels(y_test, index), classes),
+        train=Dataset(x_train, _labels(y_train, index), classes, len_train if padded else None),
+        test=Dataset(x_test, _labels(y_test, index), classes, len_test if padded else None),
         lengths_train=len_train,
         lengths_test=len_test,
         padded=padded,
+        znorm=znorm,
     )
 
 
@@ -133,14 +141,14 @@ def _as_series(raw: Any) -> list[np.ndarray]:
     return [np.asarray(s, dtype=np.float64) for s in raw]
 
 
-def _stack(series: list[np.ndarray], length: int) -> tuple[Tensor, Tensor]:
+def _stack(series: list[np.ndarray], length: int, znorm: bool = True) -> tuple[Tensor, Tensor]:
     """Z-normalise each series per channel over its own length, then zero-pad the end to ``length``."""
     out = np.zeros((len(series), series[0].shape[0], length), dtype=np.float32)
     lengths = np.zeros(len(series), dtype=np.int64)
     for i, s in enumerate(series):
         if not np.isfinite(s).all():
             raise DataError("series with missing values are not supported (aeon marks them as NaN)")
-        out[i, :, : s.shape[1]] = znormalise(s)
+        out[i, :, : s.shape[1]] = znormalise(s) if znorm else s
         lengths[i] = s.shape[1]
     return torch.from_numpy(out), torch.from_numpy(lengths)
 
