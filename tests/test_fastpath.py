@@ -1,13 +1,21 @@
-"""The fast path (custom op + hand-written backward) against the reference composite (impl="reference").
+"""The fast path (the operator ``cafusion::caft_forward`` and its hand-written backward) through the
+public block: what reaches the op, and what the dispatcher (``cafusion.dispatch``) does around it.
 
-Each check runs the same block twice, switching only ``impl``, under the same upstream gradients for
-y, ca and fusion_w, and compares outputs and the gradients of x and every parameter.
+The parity of every backend in every configuration, rank, layout and dtype against the reference
+composite is tests/test_backends.py's; here each check runs the same block twice, switching only
+``impl``, under the same upstream gradients for y, ca and fusion_w, and compares outputs and the
+gradients of x and every parameter, for the cases that are about the block and the op themselves:
+ties, empty and 1-position maps, partial upstream gradients, mixed dtypes, autocast, TorchScript,
+functorch, torch.compile and torch.export, the op's registrations (opcheck) and its autograd node.
 """
 
 from __future__ import annotations
 
-import itertools
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +24,7 @@ from torch import Tensor
 
 from cafusion import ChannelAttentionFusionT
 from cafusion.functional import channel_attention_fusion
+from tests import opcall
 
 TOL = {
     torch.float64: (1e-10, 1e-10),
@@ -23,15 +32,6 @@ TOL = {
     torch.bfloat16: (2e-2, 2e-2),
     torch.float16: (2e-3, 2e-3),
 }
-
-AXES = {
-    "fusion": ("sum", "softmax"),
-    "gate": ("sigmoid", "hardsigmoid"),
-    "act": ("relu", "silu"),
-    "bias": (True, False),
-    "learnable_temperature": (False, True),
-}
-CONFIGS = [dict(zip(AXES, v, strict=True)) for v in itertools.product(*AXES.values())]
 
 
 def run(
@@ -83,54 +83,13 @@ def make(channels: int = 16, dtype: torch.dtype = torch.float64, **cfg: Any) -> 
     return ChannelAttentionFusionT(channels, reduction=4, return_fusion_weights=True, dtype=dtype, **cfg)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k[:5]}={v}" for k, v in c.items()))
-def test_every_configuration_matches_reference_float64(cfg: dict[str, Any]) -> None:
-    compare(make(**cfg), torch.randn(3, 16, 5, 6, dtype=torch.float64))
-
-
-@pytest.mark.parametrize("cfg", CONFIGS[::3], ids=lambda c: "-".join(f"{k[:5]}={v}" for k, v in c.items()))
-def test_configurations_match_reference_float32(cfg: dict[str, Any]) -> None:
-    """Outputs and dx within rtol 1e-5/atol 1e-6; parameter gradients (sums over batch and space, where
-    float32 rounding alone moves both paths by ~1e-6) no further from float64 truth than the reference,
-    give or take a few float32 ulps of the gradient's magnitude (the two sum in different orders)."""
-    block = make(dtype=torch.float32, **cfg)
-    x = torch.randn(4, 16, 7, 7)
-    fast, ref = run(block, x, "fast"), run(block, x, "reference")
-    truth = run(make(dtype=torch.float64, **cfg), x.double(), "reference", state=block.state_dict())
-    for name in ref:
-        if name.startswith("grad_") and name != "grad_x":
-            err_fast = (fast[name].double() - truth[name]).abs().max()
-            err_ref = (ref[name].double() - truth[name]).abs().max()
-            ulp = torch.finfo(torch.float32).eps * truth[name].abs().max()  # float32 spacing at the gradient's size
-            assert err_fast <= 2 * err_ref + 1e-6 + 4 * ulp, (name, float(err_fast), float(err_ref))
-        else:
-            torch.testing.assert_close(fast[name], ref[name], rtol=1e-5, atol=1e-6)
-
-
-LAYOUTS: dict[str, Callable[[Tensor], Tensor]] = {
-    "contiguous": lambda x: x,
-    "channels_last": lambda x: x.contiguous(
-        memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-    ),
-    "transposed": lambda x: x.transpose(-1, -2).contiguous().transpose(-1, -2),
-    "sliced": lambda x: x[..., ::2],
-}
-
-
-CASES = [(s, lay) for s in [(2, 16, 9), (2, 16, 5, 6), (2, 16, 3, 4, 6)] for lay in LAYOUTS]
-
-
-@pytest.mark.parametrize(
-    ("shape", "layout"), [c for c in CASES if not (len(c[0]) == 3 and c[1] == "channels_last")], ids=str
-)
-def test_ranks_and_layouts(shape: tuple[int, ...], layout: str) -> None:
-    x = LAYOUTS[layout](torch.randn(shape, dtype=torch.float64))
-    block = make(fusion="softmax")
-    fast = compare(block, x)
-    if layout == "channels_last":  # y and dx keep the input's memory format
-        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        assert fast["y"].is_contiguous(memory_format=fmt)
-        assert fast["grad_x"].is_contiguous(memory_format=fmt)
+@pytest.mark.parametrize("shape", [(2, 16, 5, 6), (2, 16, 3, 4, 6)], ids=["2d", "3d"])
+def test_channels_last_outputs_and_gradients_keep_the_memory_format(shape: tuple[int, ...]) -> None:
+    fmt = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=fmt)
+    fast = compare(make(fusion="softmax"), x)
+    assert fast["y"].is_contiguous(memory_format=fmt)
+    assert fast["grad_x"].is_contiguous(memory_format=fmt)
 
 
 @pytest.mark.parametrize("upstream", ["all", "ca"])
@@ -220,14 +179,14 @@ def test_impl_is_validated_shown_and_kept_out_of_the_state_dict() -> None:
     assert not any("impl" in k for k in block.state_dict())
 
 
-def test_default_uses_the_fused_path_in_eager_mode() -> None:
+def test_default_runs_the_op_forward_and_backward_in_eager_mode() -> None:
     block = ChannelAttentionFusionT(8)
     x = torch.randn(2, 8, 4, 4, requires_grad=True)
     with torch.profiler.profile() as prof:
         block(x)[0].sum().backward()
     names = {e.name for e in prof.events()}
-    assert "FusedChannelAttention" in names and "FusedChannelAttentionBackward" in names
-    assert not any("max_pool" in n or "adaptive" in n for n in names)  # contiguous: max(dim), no pooling
+    assert "cafusion::caft_forward" in names and "cafusion::caft_backward" in names
+    assert not any("max_pool" in n or "adaptive" in n for n in names)  # not the composite's pooling
 
 
 def test_inference_runs_without_a_graph_node_and_matches_training_mode() -> None:
@@ -289,17 +248,45 @@ def test_backward_saves_no_full_size_tensor_beyond_x() -> None:
     assert x.grad is not None
 
 
-def test_autocast_falls_back_to_the_reference_and_fast_refuses() -> None:
-    block = ChannelAttentionFusionT(16)
-    x = torch.randn(2, 16, 4, 4)
+def _op_calls(fn: Callable[[], object]) -> set[str]:
+    """The cafusion operators that ran during fn (forward and backward)."""
+    with torch.profiler.profile() as prof:
+        fn()
+    return {e.name for e in prof.events() if e.name.startswith("cafusion::")}
+
+
+def test_cpu_autocast_runs_the_op_on_x_in_its_own_dtype() -> None:
+    """Under bf16 autocast the op runs (no cast of x, small path in float32): a float32 x gives exactly
+    what it gives without autocast, which is the float32 reference within float32 tolerance."""
+    block = make(dtype=torch.float32, learnable_temperature=True)
+    x = torch.randn(2, 16, 5, 5)
+    plain, ref = run(block, x, "fast"), run(block, x, "reference")
+    got: dict[str, dict[str, Tensor]] = {}
+    for impl in ("auto", "fast"):
+
+        def step(impl: str = impl) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got[impl] = run(block, x, impl)
+
+        assert _op_calls(step) == {"cafusion::caft_forward", "cafusion::caft_backward"}, impl
+    for impl, out in got.items():
+        assert out["y"].dtype == torch.float32 and out["fusion_w"].dtype == torch.float32, impl
+        for name in plain:  # bit for bit: the very same kernels on the very same inputs
+            assert torch.equal(out[name], plain[name]), (impl, name)
+        assert_same(out, ref, torch.float32)
+
+
+def test_cpu_autocast_with_bfloat16_x_matches_the_reference_within_bfloat16_rounding() -> None:
+    """x coming out of an autocast conv is bf16: y, ca and dx stay bf16, fusion_w and the parameter
+    gradients float32, all within bf16 tolerance of the reference on the same x without autocast."""
+    block = make(dtype=torch.float32)
+    x = torch.randn(2, 16, 6, 6).to(torch.bfloat16)
+    ref = run(block, x, "reference")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y_auto = block(x)[0]
-        block.impl = "reference"
-        y_ref = block(x)[0]
-        block.impl = "fast"
-        with pytest.raises(RuntimeError, match="autocast"):
-            block(x)
-    torch.testing.assert_close(y_auto, y_ref, rtol=0, atol=0)
+        got = run(block, x, "fast")
+    assert got["y"].dtype == got["ca"].dtype == got["grad_x"].dtype == torch.bfloat16
+    assert got["fusion_w"].dtype == got["grad_fc1.weight"].dtype == torch.float32
+    assert_same(got, ref, torch.bfloat16)
 
 
 def test_jit_trace_records_the_reference_composite() -> None:
@@ -358,22 +345,86 @@ def test_compiled_output_can_be_modified_in_place() -> None:
     torch.testing.assert_close(got, x.grad)
 
 
-@pytest.mark.parametrize("fusion", ["sum", "softmax"])
-def test_custom_op_path_matches_reference(fusion: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The op (what compile/export run) in eager mode, including its registered autograd formula."""
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    with torch.profiler.profile() as prof:
-        compare(make(fusion=fusion, learnable_temperature=True), torch.randn(3, 16, 5, 6, dtype=torch.float64))
-    names = {e.name for e in prof.events()}
-    assert "cafusion::caft_forward" in names and "cafusion::caft_backward" in names
+def _op_inputs(fusion: str, need_index: bool) -> tuple[Tensor, list[Tensor | None]]:
+    """x and the nine parameters of a small float32 block (no biases and no router for the sum fusion)."""
+    block = make(dtype=torch.float32, fusion=fusion, bias=fusion == "softmax", learnable_temperature=True)
+    x = torch.randn(2, 16, 3, 5, requires_grad=need_index)  # as op.run calls it: no argmax, no dx
+    params = [None if t is None else t.detach().requires_grad_(True) for t in block._tensors()]
+    if fusion == "sum":
+        params[4:] = [None] * 4
+    return x, [*params, block.get_T().detach().requires_grad_(True)]
 
 
-def test_opcheck_fake_kernels_and_autograd_registration() -> None:
-    block = make(dtype=torch.float32)
-    router = block.fusion_router
-    assert router is not None
-    x = torch.randn(2, 16, 3, 5, requires_grad=True)
-    weights = [block.fc1.weight, block.fc1.bias, block.fc2.weight, block.fc2.bias]
-    weights += [router[0].weight, router[0].bias, router[2].weight, router[2].bias]
-    args = (x, *weights, block.get_T(), "softmax", "sigmoid", "relu", True)
-    torch.library.opcheck(torch.ops.cafusion.caft_forward.default, args)
+OPCHECK_CASES = [("softmax", True), ("sum", True), ("softmax", False)]
+
+
+def opcheck_all() -> int:
+    """torch.library.opcheck on both ops (schema, fake kernels, autograd registration, AOT dispatch)
+    for the kernels registered in this process; returns how many checks ran."""
+    from cafusion.kernels import op
+
+    count = 0
+    for fusion, need_index in OPCHECK_CASES:
+        config = (fusion, "hardsigmoid", "silu")
+        x, params = _op_inputs(fusion, need_index)
+        args = opcall.forward_args(x, params, config, need_index)
+        torch.library.opcheck(op.caft_forward, args)
+        y, ca, w, avg, mx, idx = op.caft_forward(*args)
+        assert y.shape == x.shape and ca.shape == (2, 16) and w.shape == (2, 2 if fusion == "softmax" else 0)
+        assert idx.shape == ((2, 16) if need_index else (0,))
+        count += 1
+        if need_index:
+            g_w = torch.randn_like(w) if fusion == "softmax" else None
+            plain = [None if t is None else t.detach() for t in params]
+            back = opcall.backward_args(
+                torch.randn_like(y), torch.randn_like(ca), g_w, x.detach(), (avg, mx, idx), plain, config, True
+            )
+            torch.library.opcheck(op.caft_backward, back)
+            count += 1
+    return count
+
+
+def test_opcheck_with_the_kernels_registered_here() -> None:
+    """The CPU kernels of this process: the native ones where they are built (CI), else the PyTorch backend."""
+    assert opcheck_all() == 5
+
+
+def test_opcheck_with_the_pytorch_backend() -> None:
+    """CAFUSION_NATIVE=0: the CPU runs the CompositeExplicitAutograd kernel (the PyTorch backend) and the
+    Python autograd formula; both must pass opcheck too."""
+    code = "from tests.test_fastpath import opcheck_all; print('checked', opcheck_all())"
+    env = {**os.environ, "CAFUSION_NATIVE": "0"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "checked 5"
+
+
+def test_the_composite_imports_nothing_from_the_fast_path() -> None:
+    """The ground truth stays independent of what it checks: the composite module, loaded on its own
+    (the packages above it stubbed, since ``cafusion/__init__`` loads everything), brings in neither the
+    kernels nor the dispatcher, and no import anywhere in its source (a lazy one in a function) names them."""
+    import ast
+
+    import cafusion.functional.composite as composite
+
+    source = Path(str(composite.__file__))
+    tree = ast.parse(source.read_text())
+    named = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    named |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "cafusion._dtypes" in named  # the walk sees the module's imports
+    assert not [m for m in named if m.startswith(("cafusion.kernels", "cafusion.dispatch", "cafusion.functional"))]
+    code = (
+        "import sys, types\n"
+        f"root = {str(source.parents[1])!r}\n"
+        "for name, path in (('cafusion', root), ('cafusion.functional', root + '/functional')):\n"
+        "    pkg = types.ModuleType(name); pkg.__path__ = [path]; sys.modules[name] = pkg\n"
+        "import cafusion.functional.composite as c\n"
+        "assert c.channel_attention_fusion and 'cafusion._dtypes' in sys.modules\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('cafusion.kernels', 'cafusion.dispatch'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
