@@ -29,7 +29,7 @@ from torch import Tensor
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cafusion import ChannelAttentionFusionT
+from cafusion import ChannelAttentionFusionT, masking
 from cafusion.functional import composite
 from cafusion.kernels.backends.pytorch.small import Params
 from tests.parity import CONFIG_AXES, all_configs, config_id
@@ -48,13 +48,29 @@ class Case(NamedTuple):
     rank: int
     layout: str
     dtype: torch.dtype
+    padding: str = "none"  # "lengths" (valid prefix of the last dim) or "mask" (any real positions)
 
     def id(self) -> str:
-        return f"{config_id(self.config)}-{self.rank}d-{self.layout}-{self.dtype}".replace("torch.", "")
+        name = f"{config_id(self.config)}-{self.rank}d-{self.layout}-{self.dtype}-{self.padding}"
+        return name.replace("torch.", "")
 
 
-def cases(rank: int, layout: str, dtype: torch.dtype) -> list[Case]:
-    return [Case(cfg, rank, layout, dtype) for cfg in all_configs()]
+def cases(rank: int, layout: str, dtype: torch.dtype, padding: str = "none") -> list[Case]:
+    return [Case(cfg, rank, layout, dtype, padding) for cfg in all_configs()]
+
+
+def make_valid(case: Case, seed: int) -> Tensor | None:
+    """The (B, N) mask of real positions for a padded case (every sample keeps at least one)."""
+    if case.padding == "none":
+        return None
+    gen = torch.Generator().manual_seed(seed + 7)
+    shape = SHAPES[case.rank]
+    if case.padding == "lengths":
+        lengths = torch.randint(1, shape[-1] + 1, (shape[0],), generator=gen)
+        return masking.valid_mask(torch.empty(shape), lengths=lengths)
+    mask = torch.rand((shape[0], *shape[2:]), generator=gen) < 0.6
+    mask.view(shape[0], -1)[:, 0] = True
+    return masking.valid_mask(torch.empty(shape), mask=mask)
 
 
 def make_x(case: Case, seed: int) -> Tensor:
@@ -106,7 +122,8 @@ def truth(case: Case, x: Tensor, p: Params, seed: int, wide: torch.dtype | None 
     fusion, gate, act = case.config["fusion"], case.config["gate"], case.config["act"]
     if fusion == "sum":
         ps[4:8] = [None] * 4
-    y, ca, w = composite.channel_attention_fusion(xs, *ps[:4], fusion, *ps[4:8], ps[8], gate, act)
+    valid = make_valid(case, seed)
+    y, ca, w = composite.channel_attention_fusion(xs, *ps[:4], fusion, *ps[4:8], ps[8], gate, act, valid)
     w = w if w is not None else y.new_empty((x.shape[0], 0), dtype=ca.dtype)
     ca2 = ca.flatten(1)
     gy, gca, gw = upstream(case, y, ca2, w, seed)
@@ -126,9 +143,10 @@ def _direct(backend: Any) -> Callable[[Case, Tensor, Params, int], dict[str, Ten
         fusion, gate, act = case.config["fusion"], case.config["gate"], case.config["act"]
         if fusion == "sum":
             p = p._replace(r1_w=None, r1_b=None, r2_w=None, r2_b=None)
-        y, ca, w, avg, mx, idx = backend.forward(x, p, fusion, gate, act, True)
+        valid = make_valid(case, seed)
+        y, ca, w, avg, mx, idx = backend.forward(x, p, fusion, gate, act, True, valid)
         gy, gca, gw = upstream(case, y, ca, w, seed)
-        dx, *dp = backend.backward(gy, gca, gw, x, avg, mx, idx, p, fusion, gate, act, True)
+        dx, *dp = backend.backward(gy, gca, gw, x, avg, mx, idx, p, fusion, gate, act, True, valid)
         dp = [None if t is None else d for d, t in zip(dp, p, strict=True)]
         return dict(zip(NAMES, [y, ca, w, dx, *dp], strict=True))
 
@@ -146,12 +164,13 @@ class _Native:
             raise RuntimeError("the native CPU kernels are not available (no compiler, or CAFUSION_NATIVE=0)")
         self.lib = lib
 
-    def forward(self, x: Tensor, p: Params, *cfg: Any) -> tuple[Tensor, ...]:
-        return tuple(self.lib.forward(x, *p, *cfg))
+    def forward(self, x: Tensor, p: Params, *args: Any) -> tuple[Tensor, ...]:
+        *cfg, valid = args
+        return tuple(self.lib.forward(x, valid, *p, *cfg))
 
     def backward(self, dy: Tensor, g_ca: Tensor, g_w: Tensor | None, x: Tensor, *args: Any) -> tuple[Tensor, ...]:
-        avg, mx, idx, p, *cfg = args
-        return tuple(self.lib.backward(dy, g_ca, g_w, x, avg, mx, idx, *p, *cfg))
+        avg, mx, idx, p, *cfg, valid = args
+        return tuple(self.lib.backward(dy, g_ca, g_w, x, valid, avg, mx, idx, *p, *cfg))
 
 
 def _through_op(case: Case, x: Tensor, p: Params, seed: int) -> dict[str, Tensor | None]:
@@ -161,7 +180,7 @@ def _through_op(case: Case, x: Tensor, p: Params, seed: int) -> dict[str, Tensor
     xs = x.detach().clone().requires_grad_(True)
     ps = [None if t is None else t.detach().clone().requires_grad_(True) for t in p]
     fusion, gate, act = case.config["fusion"], case.config["gate"], case.config["act"]
-    y, ca, w = op.run(xs, ps, fusion, gate, act)
+    y, ca, w = op.run(xs, ps, fusion, gate, act, make_valid(case, seed))
     w = w if w is not None else y.new_empty((x.shape[0], 0), dtype=ca.dtype)
     ca2 = ca.flatten(1)
     gy, gca, gw = upstream(case, y, ca2, w, seed)
@@ -253,13 +272,19 @@ def check(backend: str, selected: list[Case]) -> list[str]:
 
 def select(backend: str, quick: bool) -> list[Case]:
     """The cases a backend runs: all of them, or for the (slow) Triton interpreter every configuration at
-    one rank/layout plus a sample of configurations at every rank x layout x dtype."""
+    one rank/layout plus a sample of configurations at every rank x layout x dtype x padding."""
     if backend != "triton":
-        return [c for r, lay, d in itertools.product(SHAPES, LAYOUTS, DTYPES.values()) for c in cases(r, lay, d)]
+        groups = [*iter_groups(), *iter_padded_groups()]
+        return [c for r, lay, d, *pad in groups for c in cases(r, lay, d, *pad)]
     full = cases(2, "contiguous", torch.float32)
     sample = [
         Case(cfg, r, lay, d)
         for r, lay, d in itertools.product(SHAPES, LAYOUTS, (torch.float32, torch.bfloat16))
+        for cfg in all_configs()[:: 16 if not quick else 32]
+    ]
+    sample += [
+        Case(cfg, r, lay, torch.float32, pad)
+        for r, lay, _, pad in iter_padded_groups()
         for cfg in all_configs()[:: 16 if not quick else 32]
     ]
     return (full[::4] if quick else full) + sample
@@ -267,6 +292,12 @@ def select(backend: str, quick: bool) -> list[Case]:
 
 def iter_groups() -> Iterator[tuple[int, str, torch.dtype]]:
     yield from itertools.product(SHAPES, LAYOUTS, DTYPES.values())
+
+
+def iter_padded_groups() -> Iterator[tuple[int, str, torch.dtype, str]]:
+    """Padded batches: lengths and general masks, every rank, contiguous and channels-last, float64/float32."""
+    layouts = ("contiguous", "channels_last")
+    yield from itertools.product(SHAPES, layouts, (torch.float64, torch.float32), ("lengths", "mask"))
 
 
 if __name__ == "__main__":  # the Triton backend under the interpreter (tests/test_backends.py runs this)

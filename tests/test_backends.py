@@ -32,6 +32,21 @@ def test_backend_matches_composite(backend: str, rank: int, layout: str, dtype: 
     assert not failures, "\n".join(failures[:10]) + f"\n... {len(failures)} mismatches"
 
 
+@pytest.mark.parametrize("backend", ["pytorch", "native", "op"])
+@pytest.mark.parametrize(
+    ("rank", "layout", "dtype", "padding"), list(h.iter_padded_groups()), ids=lambda v: str(v).replace("torch.", "")
+)
+def test_padded_batches_match_composite(backend: str, rank: int, layout: str, dtype: torch.dtype, padding: str) -> None:
+    """Masked statistics (lengths or a general mask) in every backend, against the masked composite."""
+    if backend == "native" and not os.environ.get("CI"):
+        from cafusion.kernels.backends import native
+
+        if native.library() is None:
+            pytest.skip("native kernels not buildable here (required in CI)")
+    failures = h.check(backend, h.cases(rank, layout, dtype, padding))
+    assert not failures, "\n".join(failures[:10]) + f"\n... {len(failures)} mismatches"
+
+
 def test_triton_backend_matches_composite_under_interpreter() -> None:
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")

@@ -59,11 +59,19 @@ def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float
 
 
 def run(
-    x: Tensor, weights: list[Tensor | None], temperature: Tensor | float, fusion: str, gate: str, act: str, impl: str
+    x: Tensor,
+    weights: list[Tensor | None],
+    temperature: Tensor | float,
+    fusion: str,
+    gate: str,
+    act: str,
+    impl: str,
+    valid: Tensor | None = None,
 ) -> composite.FusionOutput:
     """Run the block with the implementation ``impl`` asks for; arguments already checked.
 
     ``weights``: fc1 weight/bias, fc2 weight/bias, router layer 1 weight/bias, layer 2 weight/bias.
+    ``valid``: the (B, N) mask of real positions of a padded batch, or None.
     """
     fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b = weights
     assert fc1_w is not None and fc2_w is not None
@@ -72,9 +80,9 @@ def run(
         if reason is None:
             if not isinstance(temperature, Tensor):
                 temperature = torch.tensor(temperature, dtype=compute_dtype(x.dtype, fc1_w.dtype), device=x.device)
-            return composite.FusionOutput(*op.run(x, [*weights, temperature], fusion, gate, act))
+            return composite.FusionOutput(*op.run(x, [*weights, temperature], fusion, gate, act, valid))
         if impl == "fast":
             raise RuntimeError(f"impl='fast' cannot run here: {reason}; use impl='auto' or 'reference'")
     return composite.channel_attention_fusion(
-        x, fc1_w, fc1_b, fc2_w, fc2_b, fusion, r1_w, r1_b, r2_w, r2_b, temperature, gate, act
+        x, fc1_w, fc1_b, fc2_w, fc2_b, fusion, r1_w, r1_b, r2_w, r2_b, temperature, gate, act, valid
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from cafusion import _validation as check
-from cafusion import dispatch
+from cafusion import dispatch, masking
 from cafusion.dispatch import IMPLS
 from cafusion.functional.composite import FusionOutput
 
@@ -31,6 +31,8 @@ def channel_attention_fusion(
     gate: str = "sigmoid",
     act: str = "relu",
     impl: str = "auto",
+    lengths: Tensor | None = None,
+    mask: Tensor | None = None,
 ) -> FusionOutput:
     """Channel attention with avg/max fusion and a temperature-scaled gate.
 
@@ -40,6 +42,10 @@ def channel_attention_fusion(
     ``impl``: "reference" runs the readable composite below; "fast" the fused custom op
     (``cafusion.kernels``; RuntimeError where it cannot run, e.g. under TorchScript);
     "auto" (default) the fast path wherever it applies and the composite elsewhere (``cafusion.dispatch``).
+
+    Padded batches (``cafusion.masking``): ``lengths`` (B,) integer valid lengths along the last dim, or
+    ``mask`` (B, *spatial) boolean, True at real positions. The statistics then cover real positions
+    only; y = x * ca everywhere (padding is scaled, not zeroed).
     """
     fusion = check.choice("fusion", fusion, FUSIONS)
     gate = check.choice("gate", gate, GATES)
@@ -48,5 +54,6 @@ def channel_attention_fusion(
     check.feature_map("x", x, fc1_weight.shape[1])
     if fusion == "softmax" and (router1_weight is None or router2_weight is None):
         raise ValueError("fusion='softmax' needs router1_weight and router2_weight (the fusion router)")
+    valid = masking.valid_mask(x, lengths, mask)
     weights = [fc1_weight, fc1_bias, fc2_weight, fc2_bias, router1_weight, router1_bias, router2_weight, router2_bias]
-    return dispatch.run(x, weights, temperature, fusion, gate, act, impl)
+    return dispatch.run(x, weights, temperature, fusion, gate, act, impl, valid)

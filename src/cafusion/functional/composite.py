@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cafusion import masking
 from cafusion._dtypes import compute_dtype
 
 
@@ -26,14 +27,19 @@ class FusionOutput(NamedTuple):
     fusion_w: Tensor | None
 
 
-def squeeze(x: Tensor) -> tuple[Tensor, Tensor]:
+def squeeze(x: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-channel mean and max over every dim after C, as (B, C) in at least float32.
+
+    ``valid`` (B, N), for a padded batch: the statistics cover the real positions only
+    (``cafusion.masking``); the max's gradient then goes to the first maximal real position.
 
     The max goes through adaptive max pooling (ranks 3-5) so that its gradient lands on the first
     maximal position, exactly where the reference's AdaptiveMaxPool2d sends it; NaNs propagate the
     same way. Low-precision inputs accumulate the mean in float32.
     """
     acc = compute_dtype(x.dtype)
+    if valid is not None:
+        return masking.masked_mean(x, valid, acc), masking.masked_max(x, valid).to(acc)
     dims = tuple(range(2, x.dim()))
     avg = x.mean(dim=dims, dtype=acc)
     n_spatial = x.dim() - 2
@@ -89,9 +95,13 @@ def channel_attention_fusion(
     temperature: Tensor | float = 1.0,
     gate: str = "sigmoid",
     act: str = "relu",
+    valid: Tensor | None = None,
 ) -> FusionOutput:
-    """y = x * gate(fuse(MLP(avg), MLP(max)) / T): ``FusionOutput(y, ca, fusion_w)``, fusion_w None for sum."""
-    avg, mx = squeeze(x)
+    """y = x * gate(fuse(MLP(avg), MLP(max)) / T): ``FusionOutput(y, ca, fusion_w)``, fusion_w None for sum.
+
+    ``valid`` (B, N) marks the real positions of a padded batch; y = x * ca at every position.
+    """
+    avg, mx = squeeze(x, valid)
     dtype = compute_dtype(avg.dtype, fc1_weight.dtype)
     avg, mx = avg.to(dtype), mx.to(dtype)
     a = excite(avg, fc1_weight, fc1_bias, fc2_weight, fc2_bias, act)

@@ -36,10 +36,12 @@ _N_PARAMS = len(Params._fields)
 
 _lib: Any = torch.library.Library("cafusion", "DEF")  # type: ignore[no-untyped-call]
 _lib.define(
-    f"caft_forward(Tensor x, {_PARAMS}, {_CONFIG}, bool need_index) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    f"caft_forward(Tensor x, Tensor? valid, {_PARAMS}, {_CONFIG}, bool need_index) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 _lib.define(
-    f"caft_backward(Tensor dy, Tensor? g_ca, Tensor? g_fusion_w, Tensor x, Tensor avg, Tensor mx, Tensor idx, "
+    f"caft_backward(Tensor dy, Tensor? g_ca, Tensor? g_fusion_w, Tensor x, Tensor? valid, Tensor avg, Tensor mx, "
+    "Tensor idx, "
     f"{_PARAMS}, {_CONFIG}, bool need_x) -> ({', '.join(['Tensor'] * (1 + _N_PARAMS))})"
 )
 caft_forward = torch.ops.cafusion.caft_forward.default
@@ -50,38 +52,42 @@ caft_backward = torch.ops.cafusion.caft_backward.default
 # Kernels per device
 
 
-def _forward_any(x: Tensor, *args: Any) -> tuple[Tensor, ...]:
+def _forward_any(x: Tensor, valid: Tensor | None, *args: Any) -> tuple[Tensor, ...]:
     """PyTorch backend; on the CPU, the first call builds/loads the native library (which takes over)."""
     lib = native.library() if x.is_cpu else None
     if lib is not None:
-        return tuple(lib.forward(x, *args))  # type: ignore[no-any-return]
+        return tuple(lib.forward(x, valid, *args))  # type: ignore[no-any-return]
     fusion, gate, act, need_index = args[_N_PARAMS:]
-    return pytorch.forward(x, Params(*args[:_N_PARAMS]), fusion, gate, act, need_index)
+    return pytorch.forward(x, Params(*args[:_N_PARAMS]), fusion, gate, act, need_index, valid)
 
 
-def _backward_any(dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, *args: Any) -> tuple[Tensor, ...]:
+def _backward_any(
+    dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, valid: Tensor | None, *args: Any
+) -> tuple[Tensor, ...]:
     lib = native.library() if x.is_cpu else None
     if lib is not None:
-        return tuple(lib.backward(dy, g_ca, g_w, x, *args))  # type: ignore[no-any-return]
+        return tuple(lib.backward(dy, g_ca, g_w, x, valid, *args))  # type: ignore[no-any-return]
     avg, mx, idx = args[:3]
     fusion, gate, act, need_x = args[3 + _N_PARAMS :]
     p = Params(*args[3 : 3 + _N_PARAMS])
-    return pytorch.backward(dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x)
+    return pytorch.backward(dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid)
 
 
-def _forward_cuda(x: Tensor, *args: Any) -> tuple[Tensor, ...]:
+def _forward_cuda(x: Tensor, valid: Tensor | None, *args: Any) -> tuple[Tensor, ...]:
     fusion, gate, act, need_index = args[_N_PARAMS:]
     backend = triton if triton.is_available(x) else pytorch
-    out: tuple[Tensor, ...] = backend.forward(x, Params(*args[:_N_PARAMS]), fusion, gate, act, need_index)
+    out: tuple[Tensor, ...] = backend.forward(x, Params(*args[:_N_PARAMS]), fusion, gate, act, need_index, valid)
     return out
 
 
-def _backward_cuda(dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, *args: Any) -> tuple[Tensor, ...]:
+def _backward_cuda(
+    dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, valid: Tensor | None, *args: Any
+) -> tuple[Tensor, ...]:
     avg, mx, idx = args[:3]
     fusion, gate, act, need_x = args[3 + _N_PARAMS :]
     backend = triton if triton.is_available(x) else pytorch
     p = Params(*args[3 : 3 + _N_PARAMS])
-    out: tuple[Tensor, ...] = backend.backward(dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x)
+    out: tuple[Tensor, ...] = backend.backward(dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid)
     return out
 
 
@@ -92,7 +98,7 @@ _lib.impl("caft_backward", _backward_cuda, "CUDA")
 
 
 @torch.library.register_fake("cafusion::caft_forward")  # type: ignore[untyped-decorator]
-def _forward_fake(x: Tensor, fc1_w: Tensor, *args: Any) -> tuple[Tensor, ...]:
+def _forward_fake(x: Tensor, valid: Tensor | None, fc1_w: Tensor, *args: Any) -> tuple[Tensor, ...]:
     fusion, need_index = args[_N_PARAMS - 1], args[-1]
     b, c = x.shape[0], x.shape[1]
     acc = compute_dtype(x.dtype)
@@ -104,7 +110,9 @@ def _forward_fake(x: Tensor, fc1_w: Tensor, *args: Any) -> tuple[Tensor, ...]:
 
 
 @torch.library.register_fake("cafusion::caft_backward")  # type: ignore[untyped-decorator]
-def _backward_fake(dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, *args: Any) -> tuple[Tensor, ...]:
+def _backward_fake(
+    dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, valid: Tensor | None, *args: Any
+) -> tuple[Tensor, ...]:
     params, need_x = args[3 : 3 + _N_PARAMS], args[-1]
     dx = pytorch.unflat(torch.empty_like(dy.flatten(2)), x) if need_x else pytorch.empty(x)
     return (dx, *(pytorch.empty(x) if t is None else torch.empty_like(t) for t in params))
@@ -115,30 +123,30 @@ def _backward_fake(dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tenso
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    x, *params = inputs[: 1 + _N_PARAMS]
-    ctx.config = inputs[1 + _N_PARAMS : 4 + _N_PARAMS]
+    x, valid, *params = inputs[: 2 + _N_PARAMS]
+    ctx.config = inputs[2 + _N_PARAMS : 5 + _N_PARAMS]
     ctx.need_x = bool(ctx.needs_input_grad[0])
     _, _, _, avg, mx, idx = output
     ctx.mark_non_differentiable(avg, mx, idx)
-    ctx.save_for_backward(x, avg, mx, idx, *params)
+    ctx.save_for_backward(x, valid, avg, mx, idx, *params)
 
 
 def _backward(ctx: Any, dy: Tensor | None, g_ca: Tensor | None, g_w: Tensor | None, *_: Any) -> tuple[Any, ...]:
-    x, avg, mx, idx, *params = ctx.saved_tensors
+    x, valid, avg, mx, idx, *params = ctx.saved_tensors
     fusion, gate, act = ctx.config
     if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
-        grads = differentiable_backward(x, *params, fusion, gate, act, dy, g_ca, g_w)
-        return (*grads, None, None, None, None)
+        dx, *grads = differentiable_backward(x, valid, *params, fusion, gate, act, dy, g_ca, g_w)
+        return (dx, None, *grads, None, None, None, None)
     dy = torch.zeros_like(x) if dy is None else dy
-    dx, *d_params = caft_backward(dy, g_ca, g_w, x, avg, mx, idx, *params, fusion, gate, act, ctx.need_x)
+    dx, *d_params = caft_backward(dy, g_ca, g_w, x, valid, avg, mx, idx, *params, fusion, gate, act, ctx.need_x)
     grads = [d if p is not None else None for d, p in zip(d_params, params, strict=True)]
-    return (dx if ctx.need_x else None, *grads, None, None, None, None)
+    return (dx if ctx.need_x else None, None, *grads, None, None, None, None)
 
 
 torch.library.register_autograd("cafusion::caft_forward", _backward, setup_context=_setup_context)
 
 
-def differentiable_backward(x: Tensor, *args: Any) -> list[Tensor | None]:
+def differentiable_backward(x: Tensor, valid: Tensor | None, *args: Any) -> list[Tensor | None]:
     """Gradients of (x, *params) that autograd can differentiate again (gradient penalties, double backward).
 
     ``args``: the nine parameters, fusion, gate, act, then the upstream gradients of y, ca, fusion_w.
@@ -150,7 +158,7 @@ def differentiable_backward(x: Tensor, *args: Any) -> list[Tensor | None]:
     p = Params(*args[:_N_PARAMS])
     fusion, gate, act, dy, g_ca, g_w = args[_N_PARAMS:]
     with torch.enable_grad():
-        y, ca, fusion_w = channel_attention_fusion(x, *p[:4], fusion, *p[4:8], p.temperature, gate, act)
+        y, ca, fusion_w = channel_attention_fusion(x, *p[:4], fusion, *p[4:8], p.temperature, gate, act, valid)
     pairs = [(y, dy), (ca.flatten(1), g_ca), (fusion_w, g_w)]
     outputs = [o for o, g in pairs if o is not None and g is not None and g.numel()]
     grad_outputs = [g for o, g in pairs if o is not None and g is not None and g.numel()]
@@ -183,9 +191,10 @@ for _key in (torch._C.DispatchKey.AutocastCPU, torch._C.DispatchKey.AutocastCUDA
 
 
 def run(
-    x: Tensor, params: list[Tensor | None], fusion: str, gate: str, act: str
+    x: Tensor, params: list[Tensor | None], fusion: str, gate: str, act: str, valid: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(y, ca (B, C, 1, ...), fusion_w or None) through the op; ``params`` as ``Params`` orders them.
+    """(y, ca (B, C, 1, ...), fusion_w or None) through the op; ``params`` as ``Params`` orders them,
+    ``valid`` the (B, N) mask of real positions of a padded batch (``cafusion.masking``).
 
     The first CPU call loads the native library, so that its kernels serve the call from the start.
     """
@@ -196,7 +205,7 @@ def run(
         native.library()
     need_index = torch.is_grad_enabled() and x.requires_grad
     y, ca, fusion_w, *_ = caft_forward(
-        x, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, fusion, gate, act, need_index
+        x, valid, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, fusion, gate, act, need_index
     )
     ca = ca.view(ca.shape + (1,) * (x.dim() - 2))
     return y, ca, fusion_w if fusion == "softmax" else None

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cafusion import _validation as check
+from cafusion import masking
 from cafusion.layers._act import resolve_act
 from cafusion.layers.channel_attention_fusion_t import ChannelAttentionFusionT
 
@@ -62,10 +63,17 @@ class ChannelAttentionFusionTLayer(ChannelAttentionFusionT):
         if self.keep_last:
             self.register_inspector(_keep_last)
 
-    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, x: Tensor, lengths: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """y only; without ``lengths``/``mask`` the enclosing ``cafusion.masking.padding(...)`` block's, if any."""
         if torch.jit.is_scripting():  # type: ignore[attr-defined]
+            if lengths is not None or mask is not None:
+                raise RuntimeError("a scripted ChannelAttentionFusionTLayer takes no lengths/mask; export with ONNX")
             return self._forward_script(x)
-        y: Tensor = super().forward(x)[0]
+        if lengths is None and mask is None:
+            lengths, mask = masking.current(x)
+        y: Tensor = super().forward(x, lengths, mask)[0]
         return y
 
     def _linear(self, s: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from cafusion import _validation as check
+from cafusion.dispatch import IMPLS
 from cafusion.functional import ACTS, FUSIONS, GATES, channel_attention_fusion
 from cafusion.functional.temperature import fill_raw, raw_from_temperature, temperature_from_raw
-from cafusion.dispatch import IMPLS
 
 _ABSENT = object()
 Inspector = Callable[["ChannelAttentionFusionT", Tensor, "Tensor | None", Tensor], None]
@@ -152,7 +152,8 @@ class ChannelAttentionFusionT(nn.Module):
                 out.append(getattr(layer, name) if value is _ABSENT else value)  # type: ignore[arg-type]
         return out
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, x: Tensor, lengths: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, ...]:
+        """(y, ca[, fusion_w]); ``lengths`` (B,) or ``mask`` (B, *spatial) for padded batches (``cafusion.masking``)."""
         fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b = self._tensors()
         assert fc1_w is not None and fc2_w is not None
         temperature = self.get_T()
@@ -171,6 +172,8 @@ class ChannelAttentionFusionT(nn.Module):
             gate=self.gate,
             act=self.act,
             impl=self.impl,
+            lengths=lengths,
+            mask=mask,
         )
         for hook in self._inspectors.values():
             hook(self, ca, fusion_w, temperature)

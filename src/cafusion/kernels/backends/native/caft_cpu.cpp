@@ -71,7 +71,7 @@ inline Params params_from(const Tensor& fc1_w, const OptTensor& fc1_b, const Ten
 inline Tensor nothing(const Tensor& like, at::ScalarType dtype) { return at::empty({0}, like.options().dtype(dtype)); }
 
 // The op's CPU forward: (y, ca (B, C) in x's dtype, fusion_w (B, 2) or (B, 0), avg, max, argmax or empty).
-Out6 forward_cpu(const Tensor& x_in, const Tensor& fc1_w, const OptTensor& fc1_b, const Tensor& fc2_w,
+Out6 forward_cpu(const Tensor& x_in, const OptTensor& valid, const Tensor& fc1_w, const OptTensor& fc1_b, const Tensor& fc2_w,
                  const OptTensor& fc2_b, const OptTensor& r1_w, const OptTensor& r1_b, const OptTensor& r2_w,
                  const OptTensor& r2_b, const Tensor& temperature, c10::string_view fusion, c10::string_view gate,
                  c10::string_view act, bool need_index) {
@@ -79,7 +79,7 @@ Out6 forward_cpu(const Tensor& x_in, const Tensor& fc1_w, const OptTensor& fc1_b
   const Params p = params_from(fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature);
   const Tensor x = usable(x_in);
   const Tensor x3 = x.flatten(2);
-  std::vector<Tensor> stats = pool_stats(x3, need_index);
+  std::vector<Tensor> stats = pool_stats(x3, need_index, valid);
   const auto dtype = compute_dtype(stats[0].scalar_type(), p.fc1_w.scalar_type());
   const Tensor avg = cast(stats[0], dtype), mx = cast(stats[1], dtype);
   Tensor ca, w;
@@ -99,7 +99,7 @@ Out6 forward_cpu(const Tensor& x_in, const Tensor& fc1_w, const OptTensor& fc1_b
 // The op's CPU backward: (dx or empty, d fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature),
 // absent parameters' gradients empty. The small path is recomputed from the saved statistics.
 Out10 backward_cpu(const Tensor& dy_in, const OptTensor& g_ca, const OptTensor& g_w, const Tensor& x_in,
-                   const Tensor& avg_in, const Tensor& mx_in, const Tensor& idx, const Tensor& fc1_w,
+                   const OptTensor& valid, const Tensor& avg_in, const Tensor& mx_in, const Tensor& idx, const Tensor& fc1_w,
                    const OptTensor& fc1_b, const Tensor& fc2_w, const OptTensor& fc2_b, const OptTensor& r1_w,
                    const OptTensor& r1_b, const OptTensor& r2_w, const OptTensor& r2_b, const Tensor& temperature,
                    c10::string_view fusion, c10::string_view gate, c10::string_view act, bool need_x) {
@@ -128,7 +128,9 @@ Out10 backward_cpu(const Tensor& dy_in, const OptTensor& g_ca, const OptTensor& 
   if (need_x) {
     TORCH_CHECK(idx.numel() == avg.numel(), "cafusion: the forward ran without the argmax but x needs a gradient");
     const auto stat = avg_in.scalar_type();
-    dx = grad_input(dy, cast(ca, x3.scalar_type()), cast(g[0] / x3.size(2), stat), cast(g[1], stat), idx);
+    // the mean's gradient spreads over the real positions: 1 / count per sample (count = N without a mask)
+    const Tensor g_avg = valid.has_value() ? g[0] / valid->sum(1, true).to(g[0].scalar_type()) : g[0] / x3.size(2);
+    dx = grad_input(dy, cast(ca, x3.scalar_type()), cast(g_avg, stat), cast(g[1], stat), idx, valid);
   }
   auto grad = [&](size_t i) { return g[i].defined() ? g[i] : nothing(x, x.scalar_type()); };
   return {dx, grad(2), grad(3), grad(4), grad(5), grad(6), grad(7), grad(8), grad(9), grad(10)};
@@ -141,31 +143,21 @@ Out10 backward_cpu(const Tensor& dy_in, const OptTensor& g_ca, const OptTensor& 
 
 py::object* g_double_backward = nullptr;  // set once from Python; never destroyed (no teardown at exit)
 
-const c10::TypedOperatorHandle<Out6(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const OptTensor&,
-                                    const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-                                    const Tensor&, c10::string_view, c10::string_view, c10::string_view, bool)>&
-forward_op() {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("cafusion::caft_forward", "")
-                       .typed<Out6(const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const OptTensor&,
-                                   const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-                                   const Tensor&, c10::string_view, c10::string_view, c10::string_view, bool)>();
+using ForwardSig = Out6(const Tensor&, const OptTensor&, const Tensor&, const OptTensor&, const Tensor&,
+                         const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+                         const Tensor&, c10::string_view, c10::string_view, c10::string_view, bool);
+using BackwardSig = Out10(const Tensor&, const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&,
+                          const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
+                          const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+                          const Tensor&, c10::string_view, c10::string_view, c10::string_view, bool);
+
+const c10::TypedOperatorHandle<ForwardSig>& forward_op() {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("cafusion::caft_forward", "").typed<ForwardSig>();
   return op;
 }
 
-const c10::TypedOperatorHandle<Out10(const Tensor&, const OptTensor&, const OptTensor&, const Tensor&, const Tensor&,
-                                     const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-                                     const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&,
-                                     const OptTensor&, const Tensor&, c10::string_view, c10::string_view,
-                                     c10::string_view, bool)>&
-backward_op() {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("cafusion::caft_backward", "")
-          .typed<Out10(const Tensor&, const OptTensor&, const OptTensor&, const Tensor&, const Tensor&, const Tensor&,
-                       const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const OptTensor&,
-                       const OptTensor&, const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&,
-                       c10::string_view, c10::string_view, c10::string_view, bool)>();
+const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("cafusion::caft_backward", "").typed<BackwardSig>();
   return op;
 }
 
@@ -175,17 +167,18 @@ using torch::autograd::variable_list;
 inline OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
 
 struct CaftFunction : public torch::autograd::Function<CaftFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b,
+  static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& valid, const Tensor& fc1_w,
+                               const OptTensor& fc1_b,
                                const Tensor& fc2_w, const OptTensor& fc2_b, const OptTensor& r1_w,
                                const OptTensor& r1_b, const OptTensor& r2_w, const OptTensor& r2_b,
                                const Tensor& temperature, const std::string& fusion, const std::string& gate,
                                const std::string& act, bool need_index) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, ca, w, avg, mx, idx] = forward_op().call(x, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b,
+    auto [y, ca, w, avg, mx, idx] = forward_op().call(x, valid, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b,
                                                       temperature, fusion, gate, act, need_index);
     auto val = [](const OptTensor& t) { return t.has_value() ? *t : Tensor(); };
     ctx->save_for_backward({x, avg, mx, idx, fc1_w, val(fc1_b), fc2_w, val(fc2_b), val(r1_w), val(r1_b), val(r2_w),
-                            val(r2_b), temperature});
+                            val(r2_b), temperature, val(valid)});
     ctx->saved_data["fusion"] = fusion;
     ctx->saved_data["gate"] = gate;
     ctx->saved_data["act"] = act;
@@ -202,35 +195,34 @@ struct CaftFunction : public torch::autograd::Function<CaftFunction> {
     const Tensor &x = s[0], &avg = s[1], &mx = s[2], &idx = s[3];
     const Tensor dy = grads[0].defined() ? grads[0] : at::zeros_like(x);
     const bool need_x = ctx->needs_input_grad(0);
-    variable_list out(14);
+    variable_list out(15);  // one per forward input: x, valid, the nine parameters, the configuration
     if (at::GradMode::is_enabled()) {  // create_graph=True: a differentiable gradient, from Python
       TORCH_CHECK(g_double_backward != nullptr, "cafusion: double backward is not set up");
       py::gil_scoped_acquire gil;
-      const auto res = (*g_double_backward)(x, opt(s[4]), opt(s[5]), opt(s[6]), opt(s[7]), opt(s[8]), opt(s[9]),
-                                            opt(s[10]), opt(s[11]), opt(s[12]), fusion, gate, act, opt(grads[0]),
-                                            opt(grads[1]), opt(grads[2]))
-                           .cast<std::vector<OptTensor>>();
-      for (size_t i = 0; i < res.size() && i < 10; ++i) out[i] = res[i].has_value() ? *res[i] : Tensor();
+      const auto res = (*g_double_backward)(x, opt(s[13]), opt(s[4]), opt(s[5]), opt(s[6]), opt(s[7]), opt(s[8]),
+                                            opt(s[9]), opt(s[10]), opt(s[11]), opt(s[12]), fusion, gate, act,
+                                            opt(grads[0]), opt(grads[1]), opt(grads[2]))
+                           .cast<std::vector<OptTensor>>();  // gradients of x and the nine parameters
+      for (size_t i = 0; i < res.size() && i < 10; ++i) out[i == 0 ? 0 : i + 1] = res[i].has_value() ? *res[i] : Tensor();
       return out;
     }
-    auto g = backward_op().call(dy, opt(grads[1]), opt(grads[2]), x, avg, mx, idx, s[4], opt(s[5]), s[6], opt(s[7]),
-                                opt(s[8]), opt(s[9]), opt(s[10]), opt(s[11]), s[12], fusion, gate, act, need_x);
+    auto g = backward_op().call(dy, opt(grads[1]), opt(grads[2]), x, opt(s[13]), avg, mx, idx, s[4], opt(s[5]), s[6],
+                                opt(s[7]), opt(s[8]), opt(s[9]), opt(s[10]), opt(s[11]), s[12], fusion, gate, act,
+                                need_x);
     const Tensor gs[10] = {std::get<0>(g), std::get<1>(g), std::get<2>(g), std::get<3>(g), std::get<4>(g),
                            std::get<5>(g), std::get<6>(g), std::get<7>(g), std::get<8>(g), std::get<9>(g)};
-    for (int i = 0; i < 10; ++i) {
-      const bool present = i == 0 ? need_x : s[3 + i].defined();
-      out[i] = present ? gs[i] : Tensor();
-    }
+    out[0] = need_x ? gs[0] : Tensor();
+    for (int i = 1; i < 10; ++i) out[i + 1] = s[3 + i].defined() ? gs[i] : Tensor();
     return out;
   }
 };
 
-Out6 forward_autograd(const Tensor& x, const Tensor& fc1_w, const OptTensor& fc1_b, const Tensor& fc2_w,
+Out6 forward_autograd(const Tensor& x, const OptTensor& valid, const Tensor& fc1_w, const OptTensor& fc1_b, const Tensor& fc2_w,
                       const OptTensor& fc2_b, const OptTensor& r1_w, const OptTensor& r1_b, const OptTensor& r2_w,
                       const OptTensor& r2_b, const Tensor& temperature, c10::string_view fusion, c10::string_view gate,
                       c10::string_view act, bool need_index) {
   const variable_list out =
-      CaftFunction::apply(x, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, std::string(fusion),
+      CaftFunction::apply(x, valid, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, std::string(fusion),
                           std::string(gate), std::string(act), need_index);
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
 }
@@ -249,14 +241,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "cafusion's native CPU backend (built on first use by cafusion.kernels.backends.native)";
   m.def("forward", &forward_cpu, "the op's CPU forward, called directly (tests, profiling)");
   m.def("backward", &backward_cpu, "the op's CPU backward, called directly (tests, profiling)");
-  m.def("pool_stats", &pool_stats, "(avg, max, first argmax or None) over the last dim of (B, C, N)");
+  m.def("pool_stats", &pool_stats, "(avg, max, first argmax or None) over the last dim of (B, C, N)",
+        py::arg("x3"), py::arg("need_index"), py::arg("valid") = py::none());
   m.def("scale", &scale, "y = x * ca[:, :, None]");
   m.def("grad_ca", &grad_ca, "sum over N of dy * x");
-  m.def("grad_input", &grad_input, "dx = dy * ca + g_avg + g_max at the argmax");
+  m.def("grad_input", &grad_input, "dx = dy * ca + g_avg (at real positions) + g_max at the argmax", py::arg("dy"),
+        py::arg("ca"), py::arg("g_avg"), py::arg("g_max"), py::arg("idx"), py::arg("valid") = py::none());
   m.def("set_double_backward", [](py::object fn) { g_double_backward = new py::object(std::move(fn)); },
         "the Python function that returns differentiable gradients (create_graph=True)");
   m.def("set_gather_rows", [](bool on) { g_gather_rows = on; }, "pool short float32 rows 16 at a time (AVX-512)");
   m.def("gather_rows", [] { return g_gather_rows; }, "whether short rows are pooled through gathers");
+  m.def("set_direct_max", [](int64_t v) { g_direct_max = v; }, "largest B*C*max(H, R) the small-path loops take");
+  m.def("direct_max", [] { return g_direct_max; }, "largest B*C*max(H, R) the small-path loops take");
   m.def("cache_set_limit", [](int64_t bytes) { return BufferCache::get().set_limit(static_cast<size_t>(bytes)); },
         "bound the output-buffer cache (0 turns it off); returns the bytes it still holds");
   m.def("cache_held", [] { return BufferCache::get().held(); }, "bytes of freed outputs the cache holds");

@@ -250,6 +250,46 @@ void each_row_group(int64_t rows, int64_t n, const F& f) {
   });
 }
 
+// Rows shorter than this skip the 16-lane machinery (its init, tail and merge cost more than the row):
+// kRowsAtOnce rows walk N together as independent scalar chains, which the core overlaps.
+constexpr int64_t kShortRow = 64;
+constexpr int64_t kRowsAtOnce = 8;
+
+template <typename T>
+void pool_rows_short(const T* const* rows, int64_t width, int64_t n, acc_t<T>* avg, acc_t<T>* mx, int64_t* idx) {
+  using A = acc_t<T>;
+  A s[kRowsAtOnce], m[kRowsAtOnce];
+  int64_t at[kRowsAtOnce];
+  for (int64_t j = 0; j < kRowsAtOnce; ++j) {
+    s[j] = 0;
+    m[j] = -std::numeric_limits<A>::infinity();
+    at[j] = 0;  // an all -inf row: position 0, as torch
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    for (int64_t j = 0; j < kRowsAtOnce; ++j) {
+      const A val = static_cast<A>(rows[j][k]);
+      s[j] += val;  // n < kShortRow terms: float (double for double) keeps the mean's error at a few ulps
+      const bool take = takes_over(val, m[j]);
+      m[j] = take ? val : m[j];
+      at[j] = take ? k : at[j];
+    }
+  }
+  for (int64_t j = 0; j < width; ++j) {
+    avg[j] = s[j] / static_cast<A>(n);
+    mx[j] = m[j];
+    idx[j] = at[j];
+  }
+}
+
+// Runs f(r0, width) over the rows in blocks of kRowsAtOnce (the last may be short), in parallel.
+template <typename F>
+void each_row_block(int64_t rows, int64_t n, const F& f) {
+  const int64_t blocks = (rows + kRowsAtOnce - 1) / kRowsAtOnce;
+  at::parallel_for(0, blocks, grain_rows(n * kRowsAtOnce), [&](int64_t lo, int64_t hi) {
+    for (int64_t g = lo; g < hi; ++g) f(g * kRowsAtOnce, std::min(kRowsAtOnce, rows - g * kRowsAtOnce));
+  });
+}
+
 template <typename T>
 void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
   using A = acc_t<T>;
@@ -271,6 +311,17 @@ void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
     }
   }
 #endif
+  if (rows_layout(x3) && N < kShortRow) {  // short rows: kRowsAtOnce rows per loop, no lane bookkeeping
+    each_row_block(B * C, N, [&](int64_t r0, int64_t width) {
+      const T* rows[kRowsAtOnce];
+      for (int64_t j = 0; j < kRowsAtOnce; ++j) {
+        const int64_t r = r0 + std::min(j, width - 1);
+        rows[j] = x + (r / C) * v.b + (r % C) * v.c;
+      }
+      pool_rows_short<T>(rows, width, N, pa + r0, pm + r0, pi + r0);
+    });
+    return;
+  }
   if (rows_layout(x3)) {
     at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
@@ -286,6 +337,67 @@ void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
       const int64_t b = t / ch.per_sample, c0 = (t % ch.per_sample) * kChunk;
       const int64_t o = b * C + c0;
       pool_chunk<T>(x + b * v.b + c0 * v.c, v, std::min(kChunk, C - c0), N, pa + o, pm + o, pi + o);
+    }
+  });
+}
+
+// Padded batches: ``valid`` (B, N) bool marks the real positions. A sample whose real positions are a
+// prefix (lengths along the last dim, the usual case) pools its rows' prefixes with the unmasked row
+// kernels, at the same speed; any other mask goes position by position.
+inline std::vector<int64_t> prefix_lengths(const Tensor& valid) {  // -1 where a sample's mask is no prefix
+  const int64_t B = valid.size(0), N = valid.size(1);
+  const bool* v = valid.data_ptr<bool>();
+  std::vector<int64_t> out(B);
+  for (int64_t b = 0; b < B; ++b) {
+    const bool* row = v + b * N;
+    int64_t len = 0;
+    while (len < N && row[len]) ++len;
+    int64_t k = len;
+    while (k < N && !row[k]) ++k;
+    out[b] = k == N ? len : -1;
+  }
+  return out;
+}
+
+template <typename T>
+void pool_masked_impl(const Tensor& x3, const Tensor& valid, Tensor& avg, Tensor& mx, Tensor& idx) {
+  using A = acc_t<T>;
+  const int64_t B = x3.size(0), C = x3.size(1), N = x3.size(2);
+  const View v = view_of(x3);
+  const T* x = x3.data_ptr<T>();
+  const bool* vm = valid.data_ptr<bool>();
+  A* pa = avg.data_ptr<A>();
+  A* pm = mx.data_ptr<A>();
+  int64_t* pi = idx.data_ptr<int64_t>();
+  const std::vector<int64_t> prefix = prefix_lengths(valid);
+  const bool rows = rows_layout(x3);
+  at::parallel_for(0, B * C, rows ? grain_rows(N) : kGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const int64_t b = r / C, c = r % C;
+      const T* p = x + b * v.b + c * v.c;
+      if (rows && prefix[b] > 0) {
+        pool_row<T>(p, prefix[b], pa + r, pm + r, pi + r);
+        continue;
+      }
+      const bool* ok = vm + b * N;
+      double total = 0;
+      int64_t count = 0, at = 0;
+      A best = -std::numeric_limits<A>::infinity();
+      bool seen = false;
+      for (int64_t k = 0; k < N; ++k) {
+        if (!ok[k]) continue;
+        const A val = static_cast<A>(p[k * v.n]);
+        total += val;
+        ++count;
+        if (!seen || takes_over(val, best)) {  // the first real position starts the max (all -inf: it wins)
+          best = val;
+          at = k;
+          seen = true;
+        }
+      }
+      pa[r] = static_cast<A>(total / static_cast<double>(count));
+      pm[r] = best;
+      pi[r] = at;
     }
   });
 }
@@ -390,7 +502,7 @@ void grad_ca_impl(const Tensor& dy3, const Tensor& x3, Tensor& out) {
 
 template <typename T>
 void grad_input_impl(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, const Tensor& g_max,
-                     const Tensor& idx, Tensor& dx3) {
+                     const Tensor& idx, const bool* vm, Tensor& dx3) {
   using A = acc_t<T>;
   const int64_t B = dy3.size(0), C = dy3.size(1), N = dy3.size(2);
   const View vd = view_of(dy3), vo = view_of(dx3);
@@ -411,8 +523,14 @@ void grad_input_impl(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, c
         const T* dr = d + b * vd.b + c * vd.c;
         T* out = o + b * vo.b + c * vo.c;
         const A f = static_cast<A>(pc[r]), a = static_cast<A>(pa[r]);
-        for (int64_t k = 0; k < N; ++k)
-          out[k] = static_cast<T>(static_cast<A>(static_cast<T>(static_cast<A>(dr[k]) * f)) + a);
+        if (vm == nullptr) {
+          for (int64_t k = 0; k < N; ++k)
+            out[k] = static_cast<T>(static_cast<A>(static_cast<T>(static_cast<A>(dr[k]) * f)) + a);
+        } else {  // the mean's gradient reaches real positions only
+          const bool* ok = vm + b * N;
+          for (int64_t k = 0; k < N; ++k)
+            out[k] = static_cast<T>(static_cast<A>(static_cast<T>(static_cast<A>(dr[k]) * f)) + (ok[k] ? a : A(0)));
+        }
         bump(b, c);
       }
     });
@@ -424,9 +542,11 @@ void grad_input_impl(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, c
       for (int64_t k = 0; k < N; ++k) {
         const T* dr = d + b * vd.b + k * vd.n;
         T* out = o + b * vo.b + k * vo.n;
+        const bool real = vm == nullptr || vm[b * N + k];  // the mean's gradient reaches real positions only
         for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
           const int64_t w = std::min(kChunk, C - c0);
-          for (int64_t c = 0; c < w; ++c) f[c] = static_cast<A>(pc[b * C + c0 + c]), a[c] = static_cast<A>(pa[b * C + c0 + c]);
+          for (int64_t c = 0; c < w; ++c)
+            f[c] = static_cast<A>(pc[b * C + c0 + c]), a[c] = real ? static_cast<A>(pa[b * C + c0 + c]) : A(0);
           for (int64_t c = 0; c < w; ++c)
             out[c0 + c] = static_cast<T>(static_cast<A>(static_cast<T>(static_cast<A>(dr[c0 + c]) * f[c])) + a[c]);
         }
@@ -439,15 +559,19 @@ void grad_input_impl(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, c
 // ---------------------------------------------------------------------------------------------------
 // Entry points of the passes: allocate, check, dispatch on the dtype.
 
-inline std::vector<Tensor> pool_stats(const Tensor& x3, bool need_index) {
+inline std::vector<Tensor> pool_stats(const Tensor& x3, bool need_index, const OptTensor& valid = c10::nullopt) {
   const auto acc = compute_dtype(x3.scalar_type(), at::kFloat);
   const auto opts = x3.options().dtype(acc);
   Tensor avg = at::empty({x3.size(0), x3.size(1)}, opts), mx = at::empty_like(avg);
   // The index costs nothing measurable (the lanes' selects are there for the NaN-propagating max
   // anyway), and GCC vectorises the loop with it better than without, so it is always computed.
   Tensor idx = at::empty({x3.size(0), x3.size(1)}, x3.options().dtype(at::kLong));
-  if (avg.numel() != 0)
+  if (avg.numel() != 0 && valid.has_value()) {
+    const Tensor vm = valid->contiguous();
+    CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_masked", [&] { pool_masked_impl<scalar_t>(x3, vm, avg, mx, idx); });
+  } else if (avg.numel() != 0) {
     CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_stats", [&] { pool_impl<scalar_t>(x3, avg, mx, idx); });
+  }
   return {avg, mx, need_index ? idx : Tensor()};
 }
 
@@ -475,7 +599,8 @@ inline Tensor grad_ca(const Tensor& dy3, const Tensor& x3) {
 
 // dx = dy * ca + g_avg + g_max at the argmax, for dy of shape (B, C, *spatial) (or its (B, C, N) view);
 // dx has dy's shape and strides.
-inline Tensor grad_input(const Tensor& dy, const Tensor& ca, const Tensor& g_avg, const Tensor& g_max, const Tensor& idx) {
+inline Tensor grad_input(const Tensor& dy, const Tensor& ca, const Tensor& g_avg, const Tensor& g_max, const Tensor& idx,
+                         const OptTensor& valid = c10::nullopt) {
   Tensor dx = output_for(dy);
   if (dx.numel() == 0) return dx;
   const auto t = dy.scalar_type();
@@ -484,7 +609,9 @@ inline Tensor grad_input(const Tensor& dy, const Tensor& ca, const Tensor& g_avg
   const Tensor dy3 = dy.flatten(2);
   Tensor dx3 = dx.flatten(2);
   check_same_layout(dy3, dx3);
-  CAFUSION_DISPATCH(t, "cafusion_grad_input", [&] { grad_input_impl<scalar_t>(dy3, c, a, m, i, dx3); });
+  const Tensor vm = valid.has_value() ? valid->contiguous() : Tensor();
+  const bool* pv = vm.defined() ? vm.data_ptr<bool>() : nullptr;
+  CAFUSION_DISPATCH(t, "cafusion_grad_input", [&] { grad_input_impl<scalar_t>(dy3, c, a, m, i, pv, dx3); });
   return dx;
 }
 

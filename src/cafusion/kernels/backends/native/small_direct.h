@@ -195,8 +195,12 @@ void direct_sample_backward(const Direct<A>& p, const A* avg, const A* mx, const
   }
 }
 
-// Problems up to this many multiply-adds per layer (B * C * max(H, R)) take the loops.
-constexpr int64_t kDirectMax = int64_t(1) << 16;
+// Problems up to this many multiply-adds per layer (B * C * max(H, R)), and batches up to kDirectMaxBatch,
+// take the loops. Measured (docs/performance.md, 1 thread): the loops cost ~1 µs per sample forward and ~2
+// backward, ATen's matmuls ~40 µs flat: loops win at B <= 32 (1x64x7x7 step 93 vs 192 µs, 32x16x40 176 vs
+// 227 µs), ATen at B = 100 (100x25x20 forward 84 vs 231 µs).
+constexpr int64_t kDirectMaxBatch = 32;
+inline int64_t g_direct_max = int64_t(1) << 16;  // settable for measurements (set_direct_max)
 
 // Whether the loops take this call: every weight already in the compute type and contiguous, and small.
 inline bool direct_ok(const Params& p, at::ScalarType dtype, int64_t batch, bool softmax) {
@@ -206,7 +210,7 @@ inline bool direct_ok(const Params& p, at::ScalarType dtype, int64_t batch, bool
                   !fits(p.r2_w) || !fits(p.r2_b)))
     return false;
   const int64_t C = p.fc2_w.size(0), H = p.fc1_w.size(0), R = softmax ? p.r1_w->size(0) : 0;
-  return batch * C * std::max(H, R) <= kDirectMax;
+  return batch <= kDirectMaxBatch && batch * C * std::max(H, R) <= g_direct_max;
 }
 
 template <typename A>

@@ -37,11 +37,23 @@ def unflat(t3: Tensor, x: Tensor) -> Tensor:
 
 
 def compose_forward(
-    ops: ModuleType, small_path: ModuleType, x: Tensor, p: Params, fusion: str, gate: str, act: str, need_index: bool
+    ops: ModuleType,
+    small_path: ModuleType,
+    x: Tensor,
+    p: Params,
+    fusion: str,
+    gate: str,
+    act: str,
+    need_index: bool,
+    valid: Tensor | None = None,
 ) -> Outputs:
-    """One statistics pass, the small path on (B, C), one scaling pass: the forward with any passes module."""
+    """One statistics pass, the small path on (B, C), one scaling pass: the forward with any passes module.
+
+    With a (B, N) ``valid`` mask the statistics come from the PyTorch passes' masked pooling (the scaling
+    pass is the same: y = x * ca at every position).
+    """
     x3 = x.flatten(2)
-    avg, mx, idx = ops.pool_stats(x3, need_index)
+    avg, mx, idx = ops.pool_stats(x3, need_index) if valid is None else passes.pool_stats(x3, need_index, valid)
     dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
     fw = small_path.forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
     ca = _cast(fw.ca, x.dtype)
@@ -65,9 +77,10 @@ def compose_backward(
     gate: str,
     act: str,
     need_x: bool,
+    valid: Tensor | None = None,
 ) -> Gradients:
     """d(ca) from one pass over dy and x, the small path's backward (recomputing its tiny forward), and
-    one pass writing dx."""
+    one pass writing dx (the mean's gradient at real positions only, with a ``valid`` mask)."""
     x3, dy3 = x.flatten(2), dy.flatten(2)
     dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
     fw = small_path.forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
@@ -78,15 +91,23 @@ def compose_backward(
     dx = empty(x)
     if need_x:
         ca = _cast(fw.ca, x.dtype)
-        dx = ops.grad_input(dy3, ca, _cast(g.avg / x3.shape[2], avg.dtype), _cast(g.mx, avg.dtype), idx)
+        count = x3.shape[2] if valid is None else valid.sum(dim=1, keepdim=True).to(g.avg.dtype)
+        g_avg, g_mx = _cast(g.avg / count, avg.dtype), _cast(g.mx, avg.dtype)
+        dx = (
+            ops.grad_input(dy3, ca, g_avg, g_mx, idx)
+            if valid is None
+            else passes.grad_input(dy3, ca, g_avg, g_mx, idx, valid)
+        )
         dx = unflat(dx, x)
     params = (g.fc1_w, g.fc1_b, g.fc2_w, g.fc2_b, g.r1_w, g.r1_b, g.r2_w, g.r2_b, g.temperature)
     return (dx, *(empty(x) if t is None else t for t in params))
 
 
-def forward(x: Tensor, p: Params, fusion: str, gate: str, act: str, need_index: bool) -> Outputs:
+def forward(
+    x: Tensor, p: Params, fusion: str, gate: str, act: str, need_index: bool, valid: Tensor | None = None
+) -> Outputs:
     """The op's forward in torch calls (see ``compose_forward``)."""
-    return compose_forward(passes, small, x, p, fusion, gate, act, need_index)
+    return compose_forward(passes, small, x, p, fusion, gate, act, need_index, valid)
 
 
 def backward(
@@ -102,6 +123,7 @@ def backward(
     gate: str,
     act: str,
     need_x: bool,
+    valid: Tensor | None = None,
 ) -> Gradients:
     """The op's hand-written backward in torch calls (see ``compose_backward``)."""
-    return compose_backward(passes, small, dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x)
+    return compose_backward(passes, small, dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid)

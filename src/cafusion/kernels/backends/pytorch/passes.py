@@ -19,7 +19,7 @@ from cafusion._dtypes import compute_dtype
 _CHUNK = 1 << 20
 
 
-def pool_stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+def pool_stats(x3: Tensor, need_index: bool, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Per-(b, c) mean and max over N, plus the FIRST argmax when the backward will need it.
 
     Max-with-index is several times slower than ``amax`` on the CPU, so it only runs when gradients
@@ -29,6 +29,8 @@ def pool_stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | N
     into a cache-sized float32 buffer: reducing bf16 directly is ~5x slower than copying it.
     """
     acc = compute_dtype(x3.dtype)
+    if valid is not None:
+        return _masked_stats(x3, valid, acc)
     if x3.dtype == acc:
         return _stats(x3, need_index)
     b = x3.shape[0]
@@ -58,6 +60,16 @@ def _stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | None]
         return avg, mx.squeeze(2), idx.squeeze(2)
     mx, idx = x3.max(dim=2)
     return avg, mx, idx
+
+
+def _masked_stats(x3: Tensor, valid: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """pool_stats over the real positions of a padded batch (``valid`` (B, N)); padding never enters."""
+    keep = valid.unsqueeze(1)
+    total = torch.where(keep, x3, torch.zeros((), dtype=x3.dtype, device=x3.device)).sum(dim=2, dtype=acc)
+    avg = total / valid.sum(dim=1, keepdim=True).to(acc)
+    low = torch.full((), float("-inf"), dtype=x3.dtype, device=x3.device)
+    mx, idx = torch.where(keep, x3, low).max(dim=2)
+    return avg, mx.to(acc), idx
 
 
 def _step(x3: Tensor) -> int:
@@ -97,18 +109,24 @@ def grad_ca(dy3: Tensor, x3: Tensor) -> Tensor:
     return out
 
 
-def grad_input(dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tensor) -> Tensor:
+def grad_input(
+    dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tensor, valid: Tensor | None = None
+) -> Tensor:
     """dx = dy * ca + g_avg + (g_max at the argmax), in one pass over dy, written with dy3's strides.
 
-    ``g_avg`` is already divided by N. dy has y's layout, which is x's, so a channels_last input gets
-    a channels_last gradient.
+    ``g_avg`` is already divided by the count of positions; with a (B, N) ``valid`` mask it reaches the
+    real positions only. dy has y's layout, which is x's, so a channels_last input gets a channels_last
+    gradient.
     """
     dtype = dy3.dtype
     dx3 = torch.empty_like(dy3)
     # mul + in-place add measured faster than addcmul with two broadcast operands (~13 vs ~22 ms at
     # 16x256x56x56 fp32): addcmul's three-input kernel does not vectorise the broadcasts well.
     torch.mul(dy3, ca.to(dtype).unsqueeze(2), out=dx3)
-    dx3.add_(g_avg.to(dtype).unsqueeze(2))
+    if valid is None:
+        dx3.add_(g_avg.to(dtype).unsqueeze(2))
+    else:
+        dx3.add_(torch.where(valid.unsqueeze(1), g_avg.to(dtype).unsqueeze(2), torch.zeros((), dtype=dtype)))
     if dx3.numel():
         _add_at_argmax(dx3, idx, g_max.to(dtype))
     return dx3

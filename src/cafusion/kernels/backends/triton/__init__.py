@@ -49,9 +49,11 @@ def _passes(x: Tensor) -> ModuleType:
     return passes if passes.is_available(x) else pytorch.passes
 
 
-def forward(x: Tensor, p: Params, fusion: str, gate: str, act: str, need_index: bool) -> Outputs:
-    """The op's forward with Triton kernels."""
-    return pytorch.compose_forward(_passes(x), _small_path(x, p), x, p, fusion, gate, act, need_index)
+def forward(
+    x: Tensor, p: Params, fusion: str, gate: str, act: str, need_index: bool, valid: Tensor | None = None
+) -> Outputs:
+    """The op's forward with Triton kernels (masked statistics of a padded batch: PyTorch's, on the GPU)."""
+    return pytorch.compose_forward(_passes(x), _small_path(x, p), x, p, fusion, gate, act, need_index, valid)
 
 
 def backward(
@@ -67,10 +69,13 @@ def backward(
     gate: str,
     act: str,
     need_x: bool,
+    valid: Tensor | None = None,
 ) -> Gradients:
     """The op's hand-written backward with Triton kernels."""
     ops, small_path = _passes(x), _small_path(x, p)
-    return pytorch.compose_backward(ops, small_path, dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x)
+    return pytorch.compose_backward(
+        ops, small_path, dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid
+    )
 
 
 __all__ = ["SMALL_MAX_C", "backward", "forward", "is_available"]

@@ -1,0 +1,102 @@
+"""Measure the rules the native CPU backend applies at run time, so docs/performance.md can cite them.
+
+1. The small (B, C) path: plain loops vs ATen matmuls, per batch size (the rule: loops for B <= 32 and
+   B*C*max(H, R) <= 65536). Times the block's forward (no grad) and training step with each forced.
+2. Short-row pooling: AVX-512 gathers vs row by row (the rule is measured per machine at load time by
+   ``choose_pool_variant``; this prints both timings and the choice).
+
+Single thread, thread CPU time (so another process on the machine does not inflate it), medians.
+Prints a table and writes JSON: ``python benchmarks/small_path_rule.py [--out bench-results]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from cafusion import ChannelAttentionFusionTLayer
+from cafusion.kernels.backends import native
+
+SHAPES = [
+    (1, 64, 7, 7),
+    (1, 256, 14, 14),
+    (4, 64, 20),
+    (8, 25, 40),
+    (16, 25, 40),
+    (32, 16, 40),
+    (32, 64, 16),
+    (64, 25, 40),
+    (100, 25, 20),
+    (100, 25, 40),
+]
+
+
+def median_us(fn: Callable[[], object], calls: int, repeats: int = 7) -> float:
+    for _ in range(max(5, calls // 10)):
+        fn()
+    runs = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        for _ in range(calls):
+            fn()
+        runs.append((time.thread_time() - start) / calls * 1e6)
+    return statistics.median(runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="bench-results", help="folder for small_path_rule.json")
+    args = parser.parse_args()
+    lib = native.library()
+    if lib is None:
+        print("the native CPU kernels are not available here")
+        return 1
+    torch.set_num_threads(1)
+    default = lib.direct_max()
+    rows = []
+    print(f"{'shape':>18} {'loops fwd':>10} {'aten fwd':>10} {'loops step':>11} {'aten step':>10}  rule picks")
+    for shape in SHAPES:
+        x = torch.randn(*shape)
+        block = ChannelAttentionFusionTLayer(shape[1], reduction=4)
+        xg = x.clone().requires_grad_(True)
+        timing = {}
+        for name, limit in (("loops", 1 << 40), ("aten", 0)):
+            lib.set_direct_max(limit)
+            with torch.no_grad():
+                fwd = median_us(lambda: block(x), 200)  # noqa: B023
+            step = median_us(lambda: block(xg).sum().backward(), 100)  # noqa: B023
+            timing[name] = (fwd, step)
+        lib.set_direct_max(default)
+        hidden = max(block.hidden, block.fusion_router_hidden)
+        picks = "loops" if shape[0] <= 32 and shape[0] * shape[1] * hidden <= default else "aten"
+        rows.append({"shape": list(shape), "loops_us": timing["loops"], "aten_us": timing["aten"], "rule": picks})
+        print(
+            f"{'x'.join(map(str, shape)):>18} {timing['loops'][0]:10.1f} {timing['aten'][0]:10.1f} "
+            f"{timing['loops'][1]:11.1f} {timing['aten'][1]:10.1f}  {picks}"
+        )
+    x3 = torch.randn(64, 256, 49)
+    pool = {}
+    chosen = lib.gather_rows()
+    for gathers in (False, True):
+        lib.set_gather_rows(gathers)
+        pool[str(gathers)] = median_us(lambda: lib.pool_stats(x3, True), 50)
+    lib.set_gather_rows(chosen)
+    print(
+        f"pool_stats (64, 256, 49) fp32: row by row {pool['False']:.1f} us, gathers {pool['True']:.1f} us; "
+        f"this machine uses {'gathers' if chosen else 'rows'}"
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"small_path": rows, "pool_short_rows_us": pool, "gathers_chosen": chosen, "threads": 1}
+    (out / "small_path_rule.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
