@@ -25,6 +25,8 @@ test: lint
 	$(PY) -m cafusion build-native
 	$(PY) -m pytest -n 2 -q
 
+# cafusion bench: image table, shape sweep, bf16 autocast and whole networks, in a default process
+# (docs/performance.md, "Benchmark"); bench-quick is the small variant (~30 s).
 bench: $(STAMP)
 	$(PY) -m cafusion bench
 

@@ -152,7 +152,7 @@ def run_thp(argv: list[str], out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the selected parts; returns 0 (missed targets are reported, not turned into an error)."""
+    """Run the selected parts; returns 0, or the --thp run's status (missed targets are reported, not errors)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -190,5 +190,5 @@ def main(argv: list[str] | None = None) -> int:
         if report.thp_enabled():
             print("--thp: this process already runs with THP_MEM_ALLOC_ENABLE=1; no second run")
         else:
-            run_thp(argv, out)
+            return run_thp(argv, out)
     return 0

@@ -46,14 +46,13 @@ def interleaved_ms(
     now = time.thread_time if clock == "thread" else time.perf_counter
     names = list(fns)
     calls: dict[str, int] = {}
-    for name in names:  # warm up, then size each sample from one timed call
-        for _ in range(warmup):
+    for name in names:  # warm up; the last warm-up call sizes the samples
+        once = 0.0
+        for _ in range(max(1, warmup)):
+            start = now()
             fns[name]()
-        _sync(device)
-        start = now()
-        fns[name]()
-        _sync(device)
-        once = max(now() - start, 1e-9)
+            _sync(device)
+            once = max(now() - start, 1e-9)
         calls[name] = max(1, min(MAX_CALLS_PER_SAMPLE, math.ceil(MIN_SAMPLE_S / once)))
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
