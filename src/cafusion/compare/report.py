@@ -70,6 +70,7 @@ def build_report(out: Path) -> dict[str, Any]:
         "runs": len(results),
         "tables": tables,
         "ranking": {model: stats.ranks(table) for model, table in sorted(by_model.items())},
+        "collapse": _collapse_overall(tables),
         "notes": {
             "tests": f"paired t-test below {stats.WILCOXON_MIN} seeds, Wilcoxon signed-rank from there; "
             "p-values are not corrected for multiple comparisons",
@@ -114,6 +115,22 @@ def _group(dataset: str, model: str, runs: list[dict[str, Any]]) -> dict[str, An
         "published_acc": published,
         "variants": variants,
     }
+
+
+def _collapse_overall(tables: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model and softmax-router variant, over every data set, block and seed: how many routers collapsed."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in tables:
+        for v in t["variants"]:
+            for r in v.get("router", {}).values():
+                if not r["w_avg_per_seed"]:
+                    continue  # sum fusion: no router
+                entry = out.setdefault(f"{t['model']} {v['variant']}", {"routers": 0, "collapsed": 0, "datasets": []})
+                entry["routers"] += r["seeds"]
+                entry["collapsed"] += r["collapsed_seeds"]
+                if t["dataset"] not in entry["datasets"]:
+                    entry["datasets"].append(t["dataset"])
+    return out
 
 
 def _variant_order(runs: list[dict[str, Any]]) -> list[str]:
@@ -324,6 +341,18 @@ def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
             "mean ranks are closer than that are not shown to differ.",
             "",
         ]
+    if report.get("collapse"):
+        lines += [
+            "## Router collapse over every data set",
+            "",
+            "| model variant | routers (blocks x seeds) | collapsed on the test set (w_avg < 0.01 or > 0.99) "
+            "| data sets |",
+            "|---|---|---|---|",
+        ]
+        for name, c in report["collapse"].items():
+            share = 100 * c["collapsed"] / max(c["routers"], 1)
+            lines.append(f"| {name} | {c['routers']} | {c['collapsed']} ({share:.0f}%) | {len(c['datasets'])} |")
+        lines.append("")
     if figures:
         lines += ["## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
     return "\n".join(lines)
