@@ -1,24 +1,32 @@
-"""The C++ CPU kernels (cafusion/kernels/native): each pass against plain torch, the small path on
-both of its sides (loops and ATen), the output-buffer cache, and the fallback when they are off.
+"""The C++ CPU backend (cafusion/kernels/backends/native): each pass against plain torch (both pooling
+variants), the layouts the kernels copy first, the small path on both of its sides (loops and ATen),
+the C++ autograd node, the output-buffer cache, the pooling-variant choice, and the fallback when the
+kernels are off or cannot be built.
 
-The whole-block parity suites (test_fastpath, test_parity, test_golden, ...) run through these
-kernels too, since they are the CPU default; here each piece is pinned down on its own.
+The backend's parity with the reference composite in every configuration, rank, layout and dtype is
+tests/test_backends.py's; the block-level suites (test_fastpath, test_golden, ...) run through these
+kernels too, since they are the CPU default.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
 from cafusion import ChannelAttentionFusionT
-from cafusion.kernels import cpu, native
+from cafusion.kernels.backends import native
+from cafusion.kernels.backends.pytorch import passes as torch_passes
+from tests import opcall
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
@@ -29,6 +37,18 @@ def lib() -> ModuleType:
     module = native.library()
     assert module is not None, "the native CPU kernels did not build"
     return module
+
+
+@pytest.fixture(params=[False, True], ids=["rows", "gathers"])
+def gathers(request: pytest.FixtureRequest, lib: ModuleType) -> Iterator[bool]:
+    """Both pooling variants for short float32 rows (row by row, or 16 rows at a time through gathers):
+    which one runs is measured per machine, so both must give the same, exact results."""
+    before = lib.gather_rows()
+    lib.set_gather_rows(request.param)
+    try:
+        yield request.param
+    finally:
+        lib.set_gather_rows(before)
 
 
 def views(shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, Tensor]:
@@ -53,9 +73,9 @@ def first_max(x3: Tensor) -> tuple[Tensor, Tensor]:
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_pool_stats(lib: ModuleType, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+def test_pool_stats(lib: ModuleType, gathers: bool, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    assert lib.gather_rows() == gathers
     for name, x3 in views(shape, dtype).items():
-        assert native.layout_ok(x3), name
         avg, mx, idx = lib.pool_stats(x3, True)
         acc = torch.float64 if dtype == torch.float64 else torch.float32
         assert avg.dtype == mx.dtype == acc and idx.dtype == torch.int64
@@ -68,7 +88,7 @@ def test_pool_stats(lib: ModuleType, shape: tuple[int, ...], dtype: torch.dtype)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_pool_stats_ties_nan_and_infinities(lib: ModuleType, layout: str) -> None:
+def test_pool_stats_ties_nan_and_infinities(lib: ModuleType, gathers: bool, layout: str) -> None:
     x = torch.zeros(2, 4, 5, 7)
     x[0, 0] = 3.0  # all equal: first position
     x[0, 1, 2, 3] = 5.0
@@ -109,9 +129,10 @@ def test_scale_is_torch_mul_bit_for_bit(lib: ModuleType, shape: tuple[int, ...],
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_grad_ca_and_grad_input(lib: ModuleType, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """dy and x in the same layout (the op brings dy to x's layout first: test_backward_takes_dy_in_any_layout)."""
     tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-2)
-    for name, x3 in views(shape, dtype).items():
-        dy3 = native.like(torch.randn(x3.shape).to(dtype), x3)
+    for (name, x3), dy3 in zip(views(shape, dtype).items(), views(shape, dtype).values(), strict=True):
+        assert dy3.stride() == x3.stride(), name
         got = lib.grad_ca(dy3, x3)
         want = (dy3.double() * x3.double()).sum(2)
         torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=name)
@@ -125,24 +146,56 @@ def test_grad_ca_and_grad_input(lib: ModuleType, shape: tuple[int, ...], dtype: 
         _, _, idx = lib.pool_stats(x3, True)
         dx3 = lib.grad_input(dy3, ca, g_avg, g_max, idx)
         assert dx3.stride() == torch.empty_like(dy3).stride(), name
-        torch.testing.assert_close(dx3, cpu.grad_input(dy3, ca, g_avg, g_max, idx), rtol=tol, atol=tol, msg=name)
+        want_dx = torch_passes.grad_input(dy3, ca, g_avg, g_max, idx)
+        torch.testing.assert_close(dx3, want_dx, rtol=tol, atol=tol, msg=name)
 
 
-def test_gradient_of_another_layout_is_brought_to_x_layout() -> None:
-    x3 = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last).flatten(2)
-    for dy3 in (torch.randn(2, 8, 16), torch.ones(()).expand(2, 8, 16)):
-        got = native.like(dy3, x3)
-        assert got.stride() == x3.stride() and torch.equal(got, dy3)
-    same = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last).flatten(2)
-    assert native.like(same, x3) is same
+def block_params(channels: int, dtype: torch.dtype = torch.float32, **cfg: Any) -> list[Tensor | None]:
+    """The nine parameters of the op (``opcall.PARAM_NAMES``) from a fresh block."""
+    block = ChannelAttentionFusionT(channels, reduction=2, learnable_temperature=True, dtype=dtype, **cfg)
+    return [*(None if t is None else t.detach() for t in block._tensors()), block.get_T().detach()]
 
 
-def test_layouts_the_kernels_do_not_take_fall_back() -> None:
-    x = torch.randn(2, 8, 6, 6)
-    assert not native.layout_ok(x[..., ::2].flatten(2))  # spatial stride 2
-    channels_last_every_other_channel = x.contiguous(memory_format=torch.channels_last)[:, ::2].flatten(2)
-    assert not native.layout_ok(channels_last_every_other_channel)
-    assert native.for_tensor(x.flatten(2).to(torch.int32)) is None
+CONFIG = ("softmax", "sigmoid", "relu")
+
+
+def test_backward_takes_dy_in_any_layout(lib: ModuleType) -> None:
+    """Autograd may hand over any strides (an expanded scalar for y.sum().backward(), a contiguous dy for
+    a channels_last y): dx is the same as for dy in x's layout, bit for bit, and has x's layout."""
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    params = block_params(8)
+    _, _, _, avg, mx, idx = lib.forward(*opcall.forward_args(x, params, CONFIG, True))
+
+    def backward(dy: Tensor) -> list[Tensor]:
+        return list(lib.backward(*opcall.backward_args(dy, None, None, x, (avg, mx, idx), params, CONFIG, True)))
+
+    dy = torch.randn_like(x)
+    assert dy.stride() == x.stride()
+    for given, same_values in ((dy.contiguous(), dy), (torch.ones(()).expand(x.shape), torch.ones_like(x))):
+        got, want = backward(given), backward(same_values)
+        assert got[0].stride() == x.stride()
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert torch.equal(a, b), i
+
+
+@pytest.mark.parametrize("layout", ["spatial_stride_2", "channels_last_every_other_channel"])
+def test_layouts_the_kernels_do_not_take_are_copied_first(lib: ModuleType, layout: str) -> None:
+    """A map the passes cannot walk (no unit stride along N, not dense channels_last) is made contiguous
+    first: every output and gradient equals the contiguous copy's, bit for bit."""
+    big = torch.randn(2, 16, 6, 6)
+    x = big[..., ::2] if layout == "spatial_stride_2" else big.contiguous(memory_format=torch.channels_last)[:, ::2]
+    assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    params = block_params(x.shape[1])
+    got = lib.forward(*opcall.forward_args(x, params, CONFIG, True))
+    want = lib.forward(*opcall.forward_args(x.contiguous(), params, CONFIG, True))
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert torch.equal(a, b), i
+    dy = torch.randn(x.shape)
+    stats = tuple(got[3:])
+    back = lib.backward(*opcall.backward_args(dy, None, None, x, stats, params, CONFIG, True))
+    back_c = lib.backward(*opcall.backward_args(dy, None, None, x.contiguous(), stats, params, CONFIG, True))
+    for i, (a, b) in enumerate(zip(back, back_c, strict=True)):
+        assert torch.equal(a, b), i
 
 
 def test_empty_batch(lib: ModuleType) -> None:
@@ -166,16 +219,18 @@ def reference_grads(block: ChannelAttentionFusionT, x: Tensor) -> dict[str, Tens
     return grads
 
 
-@pytest.mark.parametrize(
-    ("batch", "channels", "reduction", "side"),
-    [(2, 32, 4, "loops"), (8, 256, 2, "aten")],  # B*C*H = 512 vs 131072 multiply-adds per layer
-)
+MATMULS = ("aten::mm", "aten::addmm", "aten::matmul", "aten::linear", "aten::bmm")
+
+
+@pytest.mark.parametrize("side", ["loops", "aten"])
+@pytest.mark.parametrize(("batch", "channels", "reduction"), [(2, 32, 4), (8, 256, 2)])
 @pytest.mark.parametrize("act", ["relu", "silu"])
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
 def test_small_path_both_sides_match_the_reference(
-    batch: int, channels: int, reduction: int, side: str, act: str, gate: str
+    lib: ModuleType, batch: int, channels: int, reduction: int, side: str, act: str, gate: str
 ) -> None:
-    """The small path runs as loops below native's threshold and as ATen calls above; both are exact."""
+    """The small path runs as loops up to a size threshold and as ATen calls above it; each side, forced
+    here through the threshold, is exact (float64, 1e-10), and the forced side is the one that ran."""
     block = ChannelAttentionFusionT(
         channels,
         reduction=reduction,
@@ -186,9 +241,15 @@ def test_small_path_both_sides_match_the_reference(
         dtype=torch.float64,
     )
     x = torch.randn(batch, channels, 3, 3, dtype=torch.float64)
-    hidden = block.hidden
-    assert (batch * channels * max(hidden, 16) <= 1 << 16) == (side == "loops")
-    fast = reference_grads(block, x)
+    threshold = lib.direct_max()
+    lib.set_direct_max(1 << 40 if side == "loops" else 0)
+    try:
+        with torch.profiler.profile() as prof:
+            fast = reference_grads(block, x)
+    finally:
+        lib.set_direct_max(threshold)
+    matmuls = {e.name for e in prof.events()} & set(MATMULS)
+    assert (not matmuls) == (side == "loops"), matmuls
     block.impl = "reference"
     ref = reference_grads(block, x)
     assert fast.keys() == ref.keys()
@@ -196,15 +257,35 @@ def test_small_path_both_sides_match_the_reference(
         torch.testing.assert_close(fast[name], ref[name], rtol=1e-10, atol=1e-10, msg=name)
 
 
-def test_block_without_the_kernels_gives_the_same_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    block = ChannelAttentionFusionT(16, reduction=4, return_fusion_weights=True, dtype=torch.float64)
-    x = torch.randn(3, 16, 5, 5, dtype=torch.float64)
-    with_kernels = reference_grads(block, x)
-    monkeypatch.setattr(native, "library", lambda: None)
-    assert native.for_tensor(x.flatten(2)) is None
-    without = reference_grads(block, x)
-    for name in with_kernels:
-        torch.testing.assert_close(with_kernels[name], without[name], rtol=1e-10, atol=1e-10, msg=name)
+STEP = """
+import sys, torch
+from cafusion import ChannelAttentionFusionT
+torch.manual_seed(0)
+block = ChannelAttentionFusionT(16, reduction=4, return_fusion_weights=True, dtype=torch.float64)
+x = torch.randn(3, 16, 5, 5, dtype=torch.float64, requires_grad=True)
+y, ca, w = block(x)
+gen = torch.Generator().manual_seed(3)
+sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in (y, ca, w)).backward()
+out = {"y": y, "ca": ca, "w": w, "x": x.grad, **{n: p.grad for n, p in block.named_parameters()}}
+torch.save({k: v.detach() for k, v in out.items()}, sys.argv[1])
+print(type(y.grad_fn).__name__, y.grad_fn.name())
+"""
+
+
+def test_cpu_autograd_node_is_the_cpp_one_and_without_the_kernels_the_python_one(tmp_path: Path) -> None:
+    """With the kernels built the op's CPU autograd is the C++ node (no Python per step); with
+    CAFUSION_NATIVE=0 it is the Python formula over the PyTorch backend, and the results agree (1e-10)."""
+    results, nodes = {}, {}
+    for flag in ("1", "0"):
+        out = tmp_path / f"native{flag}.pt"
+        nodes[flag] = run_python(STEP, str(out), CAFUSION_NATIVE=flag)
+        results[flag] = torch.load(out)
+    assert nodes["1"] == "CppFunction torch::autograd::CppNode<cafusion::CaftFunction>", nodes["1"]
+    kind, name = nodes["0"].split()
+    assert kind == name and name.startswith("GeneratedBackwardFor_cafusion_caft_forward"), nodes["0"]
+    assert results["1"].keys() == results["0"].keys() and len(results["1"]) == 4 + 8
+    for key, value in results["1"].items():
+        torch.testing.assert_close(value, results["0"][key], rtol=1e-10, atol=1e-10, msg=key)
 
 
 def test_output_buffers_are_reused_and_the_cache_is_bounded(lib: ModuleType) -> None:
@@ -247,36 +328,90 @@ def test_outputs_from_the_cache_are_ordinary_tensors(lib: ModuleType, tmp_path: 
 
 
 def test_cache_limit_from_the_environment() -> None:
-    code = "from cafusion.kernels import native; print(native.library().cache_limit())"
+    code = "from cafusion.kernels.backends import native; print(native.library().cache_limit())"
     assert run_python(code, CAFUSION_CPU_CACHE_MB="3") == str(3 * 2**20)
 
 
-def test_a_failed_build_warns_once_and_the_fast_path_still_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+FAILED_BUILD = """
+import warnings, torch
+from cafusion import ChannelAttentionFusionT
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    block = ChannelAttentionFusionT(8, reduction=2)
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    for _ in range(2):
+        y, _ = block(x)
+        y.sum().backward()
+failed = [w for w in caught if issubclass(w.category, RuntimeWarning) and "could not be built" in str(w.message)]
+print(len(failed), failed[0].filename, list(y.shape), x.grad is not None, y.grad_fn.name())
+"""
+
+
+def test_a_failed_build_warns_once_and_the_fast_path_still_runs(tmp_path: Path) -> None:
+    """A compiler that fails: one warning, pointing at the user's line, and the op runs on the PyTorch
+    backend (with the Python autograd formula), forward and backward."""
+    out = run_python(FAILED_BUILD, CAFUSION_NATIVE_DIR=str(tmp_path), CXX="false")
+    count, filename, shape, has_grad, node = out.splitlines()[-1].replace(", ", ",").split(" ")
+    assert (count, filename, has_grad) == ("1", "<string>", "True"), out
+    assert shape == "[2,8,3,3]" and node.startswith("GeneratedBackwardFor_cafusion"), out
+
+
+def test_the_warning_names_the_compiler_error_not_the_build_log(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(verbose: bool = False) -> ModuleType:
-        raise RuntimeError("Error building extension: no compiler")
+        raise RuntimeError(
+            "Error building extension:\nFAILED: caft_cpu.o\nc++ -O3 ...\ncaft_cpu.cpp:1: error: no compiler"
+        )
 
     monkeypatch.setattr(native, "build", broken)
     native.library.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="could not be built .*no compiler"):
+        with pytest.warns(RuntimeWarning, match=r"could not be built \(caft_cpu.cpp:1: error: no compiler\)"):
             assert native.library() is None
-        block = ChannelAttentionFusionT(8, reduction=2)
-        y, _ = block(torch.randn(2, 8, 3, 3))
-        assert y.shape == (2, 8, 3, 3)
     finally:
         native.library.cache_clear()
 
 
-def run_python(code: str, **env: str) -> str:
+def run_python(code: str, *argv: str, **env: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, check=True
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, env={**os.environ, **env}, check=False
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip()
 
 
 def test_environment_switch_turns_the_kernels_off() -> None:
-    code = "from cafusion.kernels import native; print(native.enabled(), native.library())"
+    code = "from cafusion.kernels.backends import native; print(native.enabled(), native.library())"
     assert run_python(code, CAFUSION_NATIVE="0") == "False None"
+
+
+def test_pooling_variant_from_the_environment() -> None:
+    code = "from cafusion.kernels.backends import native; print(native.library().gather_rows())"
+    assert run_python(code, CAFUSION_POOL_GATHERS="1") == "True"
+    assert run_python(code, CAFUSION_POOL_GATHERS="0") == "False"
+
+
+def test_pooling_variant_is_measured_once_and_remembered(
+    lib: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(native.GATHER_ENV, raising=False)
+    monkeypatch.setenv(native.DIR_ENV, str(tmp_path))
+    record = native.build_dir() / "pool_variant.json"
+    record.parent.mkdir(parents=True)
+    before = lib.gather_rows()
+    try:
+        choice = native.choose_pool_variant(lib)  # no record yet: both variants timed, the faster kept
+        saved = json.loads(record.read_text())
+        assert saved["gathers"] is choice and set(saved["seconds"]) == {"True", "False"}
+        assert choice == (saved["seconds"]["True"] < saved["seconds"]["False"])
+        assert all(t > 0 for t in saved["seconds"].values())
+        for remembered in (True, False):  # later processes read the record instead of timing again
+            record.write_text(json.dumps({"gathers": remembered}))
+            assert native.choose_pool_variant(lib) is remembered
+        monkeypatch.setenv(native.GATHER_ENV, "off")  # the environment overrides the record
+        record.write_text(json.dumps({"gathers": True}))
+        assert native.choose_pool_variant(lib) is False
+    finally:
+        lib.set_gather_rows(before)
 
 
 def test_build_name_changes_with_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -293,8 +428,9 @@ def test_build_native_command(tmp_path: Path) -> None:
     env = {**os.environ, "CAFUSION_NATIVE_DIR": str(tmp_path), "CXX": "false"}
     bad = subprocess.run([sys.executable, "-m", "cafusion", "build-native"], capture_output=True, text=True, env=env)
     assert bad.returncode == 1
-    assert bad.stderr.strip().startswith("cafusion: error: could not build the native CPU kernels")
-    assert len(bad.stderr.strip().splitlines()) == 1
+    notice, error = bad.stderr.strip().splitlines()  # the one-line progress notice, then the one-line error
+    assert notice.startswith("cafusion: compiling the C++ CPU kernels for this machine"), bad.stderr
+    assert error.startswith("cafusion: error: could not build the native CPU kernels"), bad.stderr
     off = subprocess.run(
         [sys.executable, "-m", "cafusion", "build-native"],
         capture_output=True,
