@@ -1,4 +1,4 @@
-"""The CPU big-tensor primitives against naive torch, and the backend dispatcher's fallbacks."""
+"""The PyTorch backend's big-tensor passes (``backends/pytorch/passes.py``) against naive torch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from cafusion.kernels import cpu, dispatch
+from cafusion.kernels.backends.pytorch import passes as cpu
 
 LAYOUTS: dict[str, Callable[[Tensor], Tensor]] = {
     "contiguous": lambda x: x,
@@ -86,9 +86,3 @@ def test_empty_batch() -> None:
     assert avg.shape == mx.shape == (0, 4) and idx is not None and idx.shape == (0, 4)
     assert cpu.grad_ca(x3, x3).shape == (0, 4)
     assert cpu.grad_input(x3, avg, avg, mx, idx).shape == (0, 4, 9)
-
-
-def test_dispatcher_uses_torch_on_cpu_and_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert dispatch.backend(torch.randn(2, 3, 4)) is cpu
-    monkeypatch.setattr(dispatch, "_triton_ops", lambda: None)
-    assert dispatch.backend(torch.randn(2, 3, 4)) is cpu
