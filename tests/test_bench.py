@@ -139,6 +139,13 @@ def test_networks_table_has_ratios_to_none_and_se_and_the_cnn1d_target(
     assert target["case"] == "cnn1d" and target["value"] == pytest.approx(rows["caft"]["over_none"], abs=1e-3)
 
 
+def test_networks_under_amp_are_labelled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--networks", "cnn1d", "--attentions", "none,caft", "--amp", "--repeats", "1", "--out", str(tmp_path)]
+    assert main.main(argv) == 0
+    assert "bf16 autocast on cpu" in capsys.readouterr().out
+    assert {r["amp"] for r in read(tmp_path, "networks")["rows"]} == {"bf16"}
+
+
 def test_networks_put_the_block_where_the_issue_says() -> None:
     seen: list[tuple[int, ...]] = []
     model = networks.Mnist1dCNN("caft")

@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     names = tuple(networks.NETWORKS)
     g.add_argument("--networks", nargs="?", const=list(names), type=_csv(names), metavar=",".join(names))
     p.add_argument("--attentions", type=_csv(tuple(list_attentions())), help="networks: these blocks only")
+    p.add_argument("--amp", action="store_true", help="networks: forward and loss under bf16 autocast")
     p.add_argument("--thp", action="store_true", help="add a labelled second run with THP_MEM_ALLOC_ENABLE=1")
     p.add_argument("--shapes", type=lambda s: [_shape(t) for t in s.split(",")], help="comma-separated BxCx...")
     p.add_argument("--dtypes", type=_csv(tuple(DTYPES)), help="block and sweep, comma-separated (fp32,bf16)")

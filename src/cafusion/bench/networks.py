@@ -105,8 +105,11 @@ def missing_package(name: str) -> str | None:
     return needs if needs is not None and importlib.util.find_spec(needs) is None else None
 
 
-def run_network(name: str, attentions: list[str], device: torch.device, repeats: int) -> list[dict[str, Any]]:
-    """One row per attention: the median step time of ``name`` built with it."""
+def run_network(
+    name: str, attentions: list[str], device: torch.device, repeats: int, amp: bool = False
+) -> list[dict[str, Any]]:
+    """One row per attention: the median step time of ``name`` built with it (``amp``: forward and
+    loss under bf16 autocast, as a mixed-precision run; weights, gradients and optimizer in float32)."""
     net = NETWORKS[name]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(net.input_shape, generator=gen).to(device)
@@ -119,7 +122,8 @@ def run_network(name: str, attentions: list[str], device: torch.device, repeats:
 
         def step(model: nn.Module = model, opt: torch.optim.Optimizer = opt) -> None:
             opt.zero_grad(set_to_none=True)
-            loss: Tensor = F.cross_entropy(model(x), target)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss: Tensor = F.cross_entropy(model(x), target)
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
 
@@ -131,6 +135,7 @@ def run_network(name: str, attentions: list[str], device: torch.device, repeats:
             "network": name,
             "input": list(net.input_shape),
             "attention": attention,
+            "amp": "bf16" if amp else None,
             "ms": ms[attention],
         }
         for base in ("none", "se"):
@@ -178,8 +183,9 @@ def run(args: argparse.Namespace, device: torch.device, progress: Any = print) -
         if package is not None:
             notes.append(f"networks: {name} skipped: it needs {package}, which is not installed")
             continue
-        rows += run_network(name, args.attentions, device, args.repeats)
+        rows += run_network(name, args.attentions, device, args.repeats, args.amp)
         progress(f"networks: done {name}")
     targets = check_targets(rows)
-    title = "networks: median ms of one training step (forward, cross-entropy, backward, optimizer step), fp32"
+    precision = f"bf16 autocast on {device.type}" if args.amp else "fp32"
+    title = f"networks: median ms of one training step (forward, cross-entropy, backward, optimizer step), {precision}"
     return report.Part("networks", title, rows, targets, format_table(rows, targets), notes)
