@@ -2,7 +2,8 @@
 
 The cheapest learned baseline (a handful of weights). The kernel size follows the paper's rule
 k = odd(|log2(C) + beta| / gamma), at least 3, unless given. Rank-agnostic, channels first,
-timm-style constructor (``act_layer`` accepted and unused: ECA has no activation).
+timm-style constructor (``act_layer`` accepted and unused: ECA has no activation). Takes the main
+block's ``lengths`` / ``mask`` (mean over real positions only), as SE does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cafusion import _validation as check
-from cafusion.layers._act import GATES, broadcast, gate_fn, spatial_mean
+from cafusion.layers._act import GATES, broadcast, gate_fn, positions, script_positions, spatial_mean
 
 
 def eca_kernel_size(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
@@ -53,10 +54,14 @@ class EfficientChannelAttention(nn.Module):
             1, 1, self.kernel_size, padding=(self.kernel_size - 1) // 2, bias=False, device=device, dtype=dtype
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """``lengths`` (B,) along the last dim or ``mask`` (B, *spatial) (True = real); see ``cafusion.masking``."""
         if not torch.jit.is_scripting():  # type: ignore[attr-defined]
             check.feature_map("x", x, self.channels)
-        s = spatial_mean(x, self.conv.weight.dtype)
+            valid = positions(x, lengths, mask)
+        else:
+            valid = script_positions(x, lengths, mask)
+        s = spatial_mean(x, self.conv.weight.dtype, valid)
         weights = gate_fn(self.conv(s.unsqueeze(1)).squeeze(1), self.gate)
         return x * broadcast(weights, x)
 

@@ -3,7 +3,9 @@
 Rank-agnostic (any ``(B, C, *spatial)``), channels first, timm-style constructor: ``SqueezeExcite(
 channels, **kw)`` and ``act_layer`` / ``device`` / ``dtype`` accepted so it slots into timm models.
 The hidden width follows the main block's rule ``max(min_hidden, channels // reduction)`` so that
-ablations compare blocks of the same size.
+ablations compare blocks of the same size. ``forward(x, lengths=None, mask=None)`` takes the main
+block's padding arguments (``cafusion.masking``): the mean runs over real positions only, so ablations
+on padded batches are fair; y = x * gate at every position, padding included.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ import torch
 from torch import Tensor, nn
 
 from cafusion import _validation as check
-from cafusion.layers._act import GATES, activate, broadcast, gate_fn, resolve_act, spatial_mean
+from cafusion.layers._act import (
+    GATES,
+    activate,
+    broadcast,
+    gate_fn,
+    positions,
+    resolve_act,
+    script_positions,
+    spatial_mean,
+)
 
 
 class SqueezeExcite(nn.Module):
@@ -48,10 +59,14 @@ class SqueezeExcite(nn.Module):
         out: Tensor = self.fc2(activate(self.fc1(s), self.act))
         return out
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """``lengths`` (B,) along the last dim or ``mask`` (B, *spatial) (True = real); see ``cafusion.masking``."""
         if not torch.jit.is_scripting():  # type: ignore[attr-defined]
             check.feature_map("x", x, self.channels)
-        s = spatial_mean(x, self.fc1.weight.dtype)
+            valid = positions(x, lengths, mask)
+        else:
+            valid = script_positions(x, lengths, mask)
+        s = spatial_mean(x, self.fc1.weight.dtype, valid)
         weights = gate_fn(self._mlp(s), self.gate)
         return x * broadcast(weights, x)
 
