@@ -134,9 +134,12 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
     args.sweep_shapes = sweep.shapes_for(args.sweep, args.quick, given)
     args.autocast_shapes = given or (autocast.QUICK_SHAPES if args.quick else autocast.SHAPES)
     if "block" in parts and not args.block_shapes:
-        parser.error("--shapes: the block table takes 4-D shapes BxCxHxW; give one or leave --block out")
+        parser.error(
+            "--shapes: the image table (--block, part of the default run) takes 4-D shapes BxCxHxW and none "
+            "is given; add one, or select other parts (--sweep, --autocast)"
+        )
     if "sweep" in parts and not args.sweep_shapes:
-        parser.error(f"--shapes: none has the rank of the sweep parts {','.join(args.sweep)}")
+        parser.error(f"--shapes: none has the rank of the selected sweep parts ({','.join(args.sweep)})")
     return parts
 
 
