@@ -152,7 +152,8 @@ def test_figures_are_written(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out = tmp_path / "c"
     assert main(["compare", *TINY, "--seeds", "1", "--out", str(out)]) == 0
-    assert main(["compare", "--report-only", "--out", str(out)]) == 0
+    assert main(["compare", "--report-only", "--baselines", "caft", "--out", str(out)]) == 0
+    assert "| vs caft | params |" in (out / "report.md").read_text()
     png = out / "UnitTest__fcn.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![UnitTest__fcn.png](UnitTest__fcn.png)" in (out / "report.md").read_text()

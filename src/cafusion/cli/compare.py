@@ -77,6 +77,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads per run; default: cores / jobs")
     p.add_argument("--shard", default="1/1", metavar="K/N", help="run only every N-th run, from the K-th")
     p.add_argument("--resume", action="store_true", help="accepted for clarity: finished runs are always skipped")
+    p.add_argument(
+        "--baselines",
+        default="none,se,cbam",
+        metavar="A,B,...",
+        help="variant labels every other one is paired against in the report; default: %(default)s",
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs under --out")
     p.add_argument("--no-figures", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (none anyway when not a TTY)")
@@ -131,8 +137,11 @@ def _run(args: argparse.Namespace) -> int:
     from cafusion.compare.report import build_report, write_report
 
     out = Path(args.out)
+    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    if not baselines:
+        raise ValueError(f"--baselines must name at least one variant label, got {args.baselines!r}")
     if args.report_only:
-        written = write_report(out, build_report(out), figures=not args.no_figures)
+        written = write_report(out, build_report(out, baselines), figures=not args.no_figures)
         print(f"report: {written[1]} ({len(written)} files)")
         return 0
     jobs = check.positive_int("--jobs", args.jobs)
@@ -149,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     progress = False if args.no_progress else None
     execute.execute(pending, out, jobs=jobs, threads=args.threads, progress=progress, printer=_print_now)
-    written = write_report(out, build_report(out), figures=not args.no_figures)
+    written = write_report(out, build_report(out, baselines), figures=not args.no_figures)
     print(f"report: {written[1]} ({len(written)} files)")
     return 0
 

@@ -52,15 +52,18 @@ CONSISTENCY = (
 )
 
 
-def build_report(out: Path) -> dict[str, Any]:
-    """Group every result under ``out`` by (dataset, model) and compute the statistics."""
+def build_report(out: Path, baselines: tuple[str, ...] = BASELINES) -> dict[str, Any]:
+    """Group every result under ``out`` by (dataset, model) and compute the statistics.
+
+    ``baselines``: the variants every other one is paired against (those that are present).
+    """
     results = list(iter_results(out))
     if not results:
         raise ValueError(f"--out {str(out)!r} holds no finished runs (runs/*.json) to report on")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         groups[(r["dataset"], r["settings"]["model"])].append(r)
-    tables = [_group(dataset, model, runs) for (dataset, model), runs in sorted(groups.items())]
+    tables = [_group(dataset, model, runs, baselines) for (dataset, model), runs in sorted(groups.items())]
     by_model: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     for t in tables:
         by_model[t["model"]][t["dataset"]] = {v["variant"]: v["acc"]["mean"] for v in t["variants"]}
@@ -68,6 +71,7 @@ def build_report(out: Path) -> dict[str, Any]:
         "format": "cafusion-compare/1",
         "out": str(out),
         "runs": len(results),
+        "baselines": list(baselines),
         "tables": tables,
         "ranking": {model: stats.ranks(table) for model, table in sorted(by_model.items())},
         "collapse": _collapse_overall(tables),
@@ -79,7 +83,7 @@ def build_report(out: Path) -> dict[str, Any]:
     }
 
 
-def _group(dataset: str, model: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _group(dataset: str, model: str, runs: list[dict[str, Any]], baselines: tuple[str, ...]) -> dict[str, Any]:
     by_variant: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
         by_variant[r["settings"]["variant"]].append(r)
@@ -98,7 +102,7 @@ def _group(dataset: str, model: str, runs: list[dict[str, Any]]) -> dict[str, An
             "acc": stats.describe([r["test_acc"] for r in rs]),
             "params": rs[0]["params"],
             "seconds_per_epoch": sum(r["seconds_per_epoch"] for r in rs) / len(rs),
-            "versus": {b: stats.paired(acc[v], acc[b]) for b in BASELINES if b in acc and b != v},
+            "versus": {b: stats.paired(acc[v], acc[b]) for b in baselines if b in acc and b != v},
             "budget_acc": _budget_means(rs),
         }
         if any("router" in r for r in rs):
@@ -267,6 +271,7 @@ def _summary(report: dict[str, Any]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
+    baselines = report.get("baselines", list(BASELINES))
     lines = [
         "# cafusion compare report",
         "",
@@ -285,15 +290,18 @@ def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
             "",
             f"{t['data']}. Epochs {t['epochs']}, batch {t['batch_size']}{pub}.",
             "",
-            "| variant | seeds | accuracy | 95% CI | vs none | vs se | vs cbam | params | s/epoch |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| variant | seeds | accuracy | 95% CI | "
+            + " | ".join(f"vs {b}" for b in baselines)
+            + " | params | s/epoch |",
+            "|---|---|---|---|" + "---|" * len(baselines) + "---|---|",
         ]
         for v in t["variants"]:
             a = v["acc"]
             ci = "–" if a["ci95"] is None else f"[{100 * a['ci95'][0]:.1f}, {100 * a['ci95'][1]:.1f}]"
             lines.append(
                 f"| {v['variant']} | {a['n']} | {_pct(a['mean'])} ± {100 * a['std']:.2f} | {ci} | "
-                f"{_versus(v, 'none')} | {_versus(v, 'se')} | {_versus(v, 'cbam')} | {v['params']:,} | "
+                + "".join(f"{_versus(v, b)} | " for b in baselines)
+                + f"{v['params']:,} | "
                 f"{v['seconds_per_epoch']:.3f} |"
             )
         routers = [v for v in t["variants"] if v.get("router")]
