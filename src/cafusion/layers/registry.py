@@ -33,7 +33,8 @@ class NoAttention(nn.Module):
         super().__init__()
         self.channels = check.positive_int("channels", channels)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """x itself; ``lengths`` / ``mask`` are taken (and ignored) like every other entry's."""
         return x
 
     def extra_repr(self) -> str:

@@ -3,6 +3,9 @@
 It exists so that attention blocks can be compared on equal footing (same stem, same head, same
 seed): only the block after each stage changes. ``dims`` picks Conv1d/2d/3d so that the same model
 also exercises the block on sequences and volumes.
+
+A 1D model takes ``forward(x, lengths)`` for batches of sequences padded at the end; in eval mode each
+sequence then gets the logits it would get alone, unpadded (see ``SmallCNN.forward``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from cafusion import _validation as check
+from cafusion import masking
 
 _CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -81,10 +85,38 @@ class SmallCNN(nn.Module):
         self.pool = _POOL[dims](2)
         self.head = nn.Linear(prev, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``lengths`` (B,) (1D models only): real steps of each sequence of a batch padded at the end.
+
+        Each stage's convolution sees zeros past a sequence's end (as its own zero padding gives a
+        lone sequence), the attention block squeezes over real steps (``masking.padding``), max
+        pooling never takes a padded step (so a sequence keeps floor(len / 2) steps, at least 1), and
+        the head averages real steps only. Batch norm in training mode still counts the padding.
+        """
+        if lengths is not None:
+            return self._forward_padded(x, lengths)
         for i, stage in enumerate(self.stages):
             if i > 0 and min(x.shape[2:]) >= 2:
                 x = self.pool(x)
             x = stage(x)
         logits: Tensor = self.head(torch.flatten(x.mean(dim=tuple(range(2, x.dim()))), 1))
+        return logits
+
+    def _forward_padded(self, x: Tensor, lengths: Tensor) -> Tensor:
+        if self.dims != 1:
+            raise ValueError(f"lengths is for 1D models (sequences), this SmallCNN has dims={self.dims}")
+        valid = masking.valid_mask(x, lengths)  # one-line errors before any work
+        for i, stage in enumerate(self.stages):
+            assert valid is not None
+            keep = valid.unsqueeze(1)
+            if i > 0 and x.shape[-1] >= 2:
+                x = self.pool(torch.where(keep, x, torch.full((), float("-inf"), dtype=x.dtype, device=x.device)))
+                lengths = torch.div(lengths, 2, rounding_mode="floor").clamp(min=1)
+                valid = masking.valid_mask(x, lengths)
+                assert valid is not None
+                keep = valid.unsqueeze(1)
+            with masking.padding(lengths):
+                x = stage(torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device)))
+        assert valid is not None
+        logits: Tensor = self.head(masking.masked_mean(x, valid, x.dtype))
         return logits

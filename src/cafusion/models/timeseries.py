@@ -6,6 +6,12 @@ registry name, sits after each conv block of FCN (the squeeze-excite FCN of MLST
 SE-ResNet position). With ``attention="none"`` the models are the published baselines, and every
 variant has the same backbone parameter names, so paired ablations can give all of them the same
 initial backbone weights.
+
+Padded batches: ``forward(x, lengths)`` makes the result for each series what it would be alone,
+unpadded (in eval mode): every convolution sees zeros past a series' end, as 'same' padding gives a
+lone series, the attention blocks squeeze over real positions (``cafusion.masking.padding``) and the
+head averages real positions only. Batch norm in training mode still pools statistics over the
+padding, as it pools over the batch.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cafusion import _validation as check
+from cafusion import masking
 
 
 def _attention(name: str, channels: int, kwargs: Mapping[str, Any]) -> nn.Module:
@@ -48,8 +56,38 @@ class SameConv1d(nn.Conv1d):
         self.pad = ((kernel - 1) // 2, kernel // 2)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():  # type: ignore[attr-defined]
+            x = zero_padding(x)
         out: Tensor = self._conv_forward(F.pad(x, self.pad), self.weight, self.bias)
         return out
+
+
+def zero_padding(x: Tensor) -> Tensor:
+    """x with zeros at the padded positions of an enclosing ``masking.padding`` block (x itself outside one).
+
+    A series alone sees zeros past its end; in a padded batch it would see the padding (or what the
+    previous layers made of it), so a convolution zeroes it first.
+    """
+    lengths, mask = masking.current(x)
+    valid = masking.valid_mask(x, lengths, mask)
+    if valid is None:
+        return x
+    keep = valid.view(x.shape[0], 1, *x.shape[2:])
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_head(body: nn.Module, head: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
+    """head(mean over time of body(x)), the body run inside ``masking.padding`` and the mean over real steps."""
+    if lengths is None:
+        logits: Tensor = head(body(x).mean(dim=2))
+        return logits
+    masking.valid_mask(x, lengths)  # one-line errors before any work
+    with masking.padding(lengths, length=x.shape[-1]):
+        features = body(x)
+    valid = masking.valid_mask(features, masking.scale_lengths(lengths, features.shape[-1], x.shape[-1]))
+    assert valid is not None
+    out: Tensor = head(masking.masked_mean(features, valid, features.dtype))
+    return out
 
 
 def _conv_bn(in_channels: int, out_channels: int, kernel: int) -> list[nn.Module]:
@@ -99,9 +137,9 @@ class FCN(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(prev, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        logits: Tensor = self.head(self.blocks(x).mean(dim=2))
-        return logits
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``lengths`` (B,): real steps of each series in a batch padded at the end (see the module doc)."""
+        return masked_head(self.blocks, self.head, x, lengths)
 
 
 class ResidualBlock(nn.Module):
@@ -160,6 +198,6 @@ class ResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(prev, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        logits: Tensor = self.head(self.blocks(x).mean(dim=2))
-        return logits
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``lengths`` (B,): real steps of each series in a batch padded at the end (see the module doc)."""
+        return masked_head(self.blocks, self.head, x, lengths)
