@@ -175,6 +175,7 @@ def test_figures_are_written(tmp_path: Path) -> None:
         (["--data", "missing.npz"], "data path 'missing.npz' does not exist"),
         (["--data", "ucr:GunPoint", "--model", "resnet", "--data", "digits"], "takes 1D signals"),
         ([], "--data must name at least one source"),
+        (["--data", "ucr:JapaneseVowels", "--model", "timm:resnet10t", "--lengths"], "takes images"),
     ],
 )
 def test_bad_inputs_fail_with_one_line(
@@ -208,3 +209,16 @@ def test_router_norm_probe_is_the_block_plus_one_layer_norm() -> None:
         probe(x)
     (stats,) = monitor.step()
     assert stats.samples == 3 and stats.w_avg_mean is not None
+
+
+def test_lengths_option_masks_the_padding(tmp_path: Path) -> None:
+    """--lengths gives fcn the true lengths of JapaneseVowels' padded series; off, the padding is input."""
+    argv = ["compare", "--data", "ucr:JapaneseVowels", "--attention", "none", "--seeds", "1", "--epochs", "1"]
+    argv += ["--batch-size", "64", "--threads", "1", "--no-figures", "--no-progress"]
+    assert main([*argv, "--lengths", "--out", str(tmp_path / "on")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "off")]) == 0
+    (on,) = (json.loads(p.read_text()) for p in (tmp_path / "on" / "runs").glob("*.json"))
+    (off,) = (json.loads(p.read_text()) for p in (tmp_path / "off" / "runs").glob("*.json"))
+    assert on["settings"]["lengths"] is True and "lengths" not in off["settings"]
+    assert "masks the padding" in on["data"] and "zero-padded" in off["data"]
+    assert on["history"][0]["train_loss"] != off["history"][0]["train_loss"]

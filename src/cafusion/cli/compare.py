@@ -69,6 +69,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--budgets", default="auto", metavar="E1,E2,...", help="epochs at which to test too; auto: 1,2,4,..."
     )
     p.add_argument("--no-znorm", action="store_true", help="ucr: keep the archive's values (no per-series z-norm)")
+    p.add_argument(
+        "--lengths",
+        action="store_true",
+        help="padded series (ucr: unequal lengths): give the model their true lengths so it masks the padding",
+    )
     p.add_argument("--test-fraction", type=float, default=0.2, help="for sources without a published split")
     p.add_argument("--widths", default="32,64", metavar="W1,W2", help="small_cnn stage widths; default: 32,64")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N; default: cpu")
@@ -123,6 +128,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         device=args.device,
         out=args.out,
         znorm=not args.no_znorm,
+        lengths=args.lengths,
     ).validate()
     if args.budgets == "auto":
         config.budgets = default_budgets(config.epochs)
@@ -167,6 +173,7 @@ def _check_model_and_data(config: Any) -> None:
     """Read every source and build the model once, so a bad name fails in a second, not mid-way."""
     import torch
 
+    from cafusion.compare.runner import takes_lengths
     from cafusion.compare.sources import load_split
     from cafusion.training.models import ModelSpec, build_model
 
@@ -174,7 +181,7 @@ def _check_model_and_data(config: Any) -> None:
         split = load_split(source, config.first_seed, config.test_fraction, config.znorm)
         print(split.description)
         with torch.random.fork_rng():
-            build_model(
+            model = build_model(
                 ModelSpec(
                     config.model,
                     split.train.in_channels,
@@ -184,6 +191,8 @@ def _check_model_and_data(config: Any) -> None:
                     widths=config.widths,
                 )
             )
+        if config.lengths and split.lengths_train is not None and not takes_lengths(model):
+            raise ValueError(f"--lengths: model {config.model!r} takes no lengths; use fcn, resnet or small_cnn")
 
 
 def _print_now(line: str) -> None:

@@ -72,6 +72,7 @@ class CompareConfig:
     out: str = "runs/compare"
     budgets: tuple[int, ...] = ()  # extra epochs at which the best-so-far model is tested
     znorm: bool = True  # ucr: z-normalise each series (Fawaz et al. 2019); False keeps the archive's values
+    lengths: bool = False  # give fcn/resnet/small_cnn the true lengths of padded series (masked padding)
 
     def validate(self) -> CompareConfig:
         if not isinstance(self.data, list) or not self.data or not all(isinstance(d, str) and d for d in self.data):

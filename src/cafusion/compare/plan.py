@@ -62,6 +62,8 @@ class RunSpec:
         }
         if not cfg.znorm:  # only when off, so results of the default stay valid
             settings["znorm"] = False
+        if cfg.lengths:  # likewise only when on
+            settings["lengths"] = True
         return settings
 
 

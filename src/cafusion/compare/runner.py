@@ -14,6 +14,7 @@ router's gradient norm per epoch, and the scale of the avg and max statistics th
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -63,14 +64,32 @@ def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
+def takes_lengths(model: nn.Module) -> bool:
+    """True for models whose forward takes ``lengths`` (masked padding: fcn, resnet, small_cnn)."""
+    return "lengths" in inspect.signature(model.forward).parameters
+
+
+def _forward(model: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
+    out: Tensor = model(x) if lengths is None else model(x, lengths=lengths)
+    return out
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, device: torch.device, batch: int = 256) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) in eval mode."""
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    device: torch.device,
+    batch: int = 256,
+    lengths: Tensor | None = None,
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) in eval mode; ``lengths`` mask the padding of each series."""
     model.eval()
     correct, loss = 0, 0.0
     for i in range(0, len(y), batch):
         xb, yb = x[i : i + batch].to(device), y[i : i + batch].to(device)
-        logits = model(xb).float()
+        lb = None if lengths is None else lengths[i : i + batch].to(device)
+        logits = _forward(model, xb, lb).float()
         loss += float(F.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
     return correct / max(len(y), 1), loss / max(len(y), 1)
@@ -122,6 +141,7 @@ def train_run(run: RunSpec, on_epoch: EpochHook | None = None) -> dict[str, Any]
     batch = batch_size_for(cfg, len(train_set))
     model, copied = build_paired_model(run, split)
     model.to(device)
+    lengths_train, lengths_test = _lengths(run, split, model)
     params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -148,7 +168,7 @@ def train_run(run: RunSpec, on_epoch: EpochHook | None = None) -> dict[str, Any]
         for i in range(0, len(order), batch):
             index = order[i : i + batch]
             xb, yb = x_all[index].to(device), y_all[index].to(device)
-            logits = model(xb)
+            logits = _forward(model, xb, None if lengths_train is None else lengths_train[index].to(device))
             loss = F.cross_entropy(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -174,17 +194,17 @@ def train_run(run: RunSpec, on_epoch: EpochHook | None = None) -> dict[str, Any]
             best_loss, best_state, best_epoch = train_loss, copy.deepcopy(model.state_dict()), epoch + 1
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_acc": correct / len(order)})
         if epoch + 1 in budgets and epoch + 1 != cfg.epochs:
-            budget_acc[str(epoch + 1)] = _test_state(model, best_state, test_set, device)[0]
+            budget_acc[str(epoch + 1)] = _test_state(model, best_state, test_set, device, lengths_test)[0]
         if on_epoch is not None:
             on_epoch(epoch + 1)
     model.load_state_dict(best_state)
-    test_acc, test_loss = evaluate(model, test_set.x, test_set.y, device)
+    test_acc, test_loss = evaluate(model, test_set.x, test_set.y, device, lengths=lengths_test)
     budget_acc[str(cfg.epochs)] = test_acc
     result: dict[str, Any] = {
         "run_id": run.run_id,
         "dataset": run.dataset,
         "settings": run.settings(),
-        "data": split.description,
+        "data": split.description + ("; the model masks the padding (--lengths)" if lengths_test is not None else ""),
         "published_split": split.published_split,
         "batch_size": batch,
         "test_acc": test_acc,
@@ -200,15 +220,26 @@ def train_run(run: RunSpec, on_epoch: EpochHook | None = None) -> dict[str, Any]
         "history": history,
     }
     if blocks:
-        result["router"] = _diagnose(model, blocks, test_set, device, router_trace)
+        result["router"] = _diagnose(model, blocks, test_set, device, router_trace, lengths_test)
     return result
 
 
-def _test_state(model: nn.Module, state: dict[str, Tensor], test_set: Any, device: torch.device) -> tuple[float, float]:
+def _lengths(run: RunSpec, split: Split, model: nn.Module) -> tuple[Tensor | None, Tensor | None]:
+    """The true lengths to give the model, or (None, None): only with --lengths, on padded data."""
+    if not run.config.lengths or split.lengths_train is None or split.lengths_test is None:
+        return None, None
+    if not takes_lengths(model):
+        raise ValueError(f"--lengths: model {run.config.model!r} takes no lengths; use fcn, resnet or small_cnn")
+    return split.lengths_train, split.lengths_test
+
+
+def _test_state(
+    model: nn.Module, state: dict[str, Tensor], test_set: Any, device: torch.device, lengths: Tensor | None
+) -> tuple[float, float]:
     """Test ``state`` without disturbing the model being trained."""
     probe = copy.deepcopy(model)
     probe.load_state_dict(state)
-    return evaluate(probe, test_set.x, test_set.y, device)
+    return evaluate(probe, test_set.x, test_set.y, device, lengths=lengths)
 
 
 def _diagnose(
@@ -217,6 +248,7 @@ def _diagnose(
     test_set: Any,
     device: torch.device,
     trace: dict[str, dict[str, list[float | None]]],
+    lengths: Tensor | None,
 ) -> dict[str, Any]:
     """FusionMonitor's per-block stats over the test set, the input scales, and the training traces."""
     scales = _InputScales(blocks)
@@ -225,7 +257,8 @@ def _diagnose(
     with torch.no_grad():
         for i in range(0, len(test_set), 256):
             with monitor.labels(test_set.y[i : i + 256].to(device)):
-                model(test_set.x[i : i + 256].to(device))
+                lb = None if lengths is None else lengths[i : i + 256].to(device)
+                _forward(model, test_set.x[i : i + 256].to(device), lb)
     stats = {s.block: s for s in monitor.step()}
     monitor.detach()
     inputs = scales.close()
