@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import cafusion
-from cafusion.bench import block, main, measure, networks, sweep
+from cafusion.bench import block, main, measure, networks, padded, sweep
 from cafusion.cli.main import main as cli_main
 
 TINY = ["--repeats", "1", "--dtypes", "fp32", "--layouts", "contiguous", "--no-compile"]
@@ -31,12 +31,13 @@ def read(folder: Path, name: str) -> dict[str, Any]:
 
 def test_defaults_run_every_part_over_the_issue_shapes_in_a_default_process() -> None:
     parts, args = resolved()
-    assert parts == ["block", "sweep", "autocast", "networks"] and args.thp is False
+    assert parts == ["block", "sweep", "padded", "autocast", "networks"] and args.thp is False
     assert args.dtype_list == [torch.float32, torch.bfloat16] and args.threads == 2
     ones = [s for s in args.sweep_shapes if len(s) == 3]
     assert len(ones) == 3 * 4 * 4 and (100, 25, 200) in ones and (256, 256, 1000) in ones
     assert [s for s in args.sweep_shapes if len(s) == 4] == block.SHAPES
     assert [s for s in args.sweep_shapes if len(s) == 5] == [(2, 32, 16, 32, 32)]
+    assert args.padded_shapes == ones  # the padded part times the 1-D sweep's grid
     assert (32, 64, 500) in args.autocast_shapes and (16, 256, 56, 56) in args.autocast_shapes
     assert args.networks == ["cnn1d", "resnet18", "resnet1d"]
     assert set(args.attentions) == {"none", "se", "eca", "cbam", "caft", "caft_sum"} <= set(cafusion.list_attentions())
@@ -50,6 +51,10 @@ def test_selecting_parts_runs_only_those() -> None:
     assert parts == ["autocast", "networks"] and args.networks == list(networks.NETWORKS)
     parts, args = resolved("--sweep", "--shapes", "2x8x16,1x8x4x4")
     assert args.sweep_shapes == [(2, 8, 16), (1, 8, 4, 4)]
+    parts, args = resolved("--padded", "--quick")
+    assert parts == ["padded"] and args.padded_shapes == padded.QUICK_SHAPES and 1 < len(args.padded_shapes) < 4
+    parts, args = resolved("--padded", "--dtypes", "bf16", "--shapes", "2x8x16,1x8x4x4")
+    assert parts == ["padded"] and args.padded_shapes == [(2, 8, 16)] and args.dtype_list == [torch.bfloat16]
 
 
 @pytest.mark.parametrize(
@@ -62,6 +67,7 @@ def test_selecting_parts_runs_only_those() -> None:
         (["--shapes", "2x8"], "--shapes"),
         (["--block", "--shapes", "2x8x16"], "4-D"),
         (["--sweep", "3d", "--shapes", "2x8x16"], "--shapes"),
+        (["--padded", "--shapes", "1x8x4x4"], "1-D"),
         (["--clock", "thread"], "--threads 1"),
         (["--device", "tpu!"], "--device"),
         (["--bogus"], "unrecognized"),
@@ -123,6 +129,43 @@ def test_tiny_block_sweep_and_autocast_write_tables_json_and_targets(
     everything = read(tmp_path, "targets")
     assert len(everything["targets"]) == sum(len(read(tmp_path, p)["targets"]) for p in ("block", "sweep", "autocast"))
     assert everything["meta"]["process"] == "default process" and everything["meta"]["thp_mem_alloc"] is False
+
+
+def test_padded_part_times_lengths_against_none_and_the_composite_and_judges_the_10_percent_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--padded", "--shapes", "3x8x16,2x8x5", "--repeats", "1", "--dtypes", "fp32,bf16", "--out", str(tmp_path)]
+    assert main.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "masked/unmasked" in out and "ref/masked" in out and padded.KIND in out
+
+    data = read(tmp_path, "padded")
+    rows = data["rows"]
+    assert [(r["shape"], r["dtype"], r["mode"]) for r in rows] == [
+        (s, d, m) for s in ([3, 8, 16], [2, 8, 5]) for d in ("fp32", "bf16") for m in ("forward", "step")
+    ]
+    for row in rows:
+        ms, ratios = row["ms"], row["ratios"]
+        assert set(ms) == {"unmasked", "masked", "reference"}
+        assert ratios["masked_over_unmasked"] == pytest.approx(ms["masked"] / ms["unmasked"])
+        assert ratios["reference_over_masked"] == pytest.approx(ms["reference"] / ms["masked"])
+        length = row["shape"][2]
+        assert row["lengths"]["max"] == length and length // 2 <= row["lengths"]["min"] <= length
+    targets = data["targets"]
+    assert len(targets) == len(rows) and {t["target"] for t in targets} == {padded.KIND}
+    for t, row in zip(targets, rows, strict=True):
+        assert t["case"] == sweep.row_name(row) and t["op"] == "<=" and t["limit"] == 1.10
+        assert t["value"] == pytest.approx(row["ratios"]["masked_over_unmasked"], abs=1e-3)
+        assert t["pass"] == (row["ratios"]["masked_over_unmasked"] <= padded.LIMIT)
+    assert read(tmp_path, "targets")["targets"] == targets
+
+
+def test_padded_lengths_are_seeded_within_half_to_full_with_one_full_sample() -> None:
+    lengths = padded.draw_lengths(64, 40, torch.device("cpu"))
+    assert lengths.dtype == torch.int64 and lengths.shape == (64,) and lengths[0] == 40
+    assert int(lengths.min()) >= 20 and int(lengths.max()) == 40 and len(set(lengths.tolist())) > 1
+    assert torch.equal(lengths, padded.draw_lengths(64, 40, torch.device("cpu")))
+    assert padded.draw_lengths(4, 1, torch.device("cpu")).tolist() == [1, 1, 1, 1]
 
 
 def test_networks_table_has_ratios_to_none_and_se_and_the_cnn1d_target(

@@ -1,10 +1,11 @@
 """cafusion bench: the benchmark parts, their tables, a final "targets" section and one JSON per part.
 
-Parts (selecting any runs only those; selecting none runs all four):
+Parts (selecting any runs only those; selecting none runs all five):
 
 - --block: image maps x layouts: ours vs the reference file, timm, torch.compile; memory floor, peak memory.
 - --sweep [1d,2d,3d]: 1-D/2-D/3-D shapes, fp32 and bf16, forward and training step: the default path
   vs the composite (impl="reference"), the reference file, cafusion's SE and timm's ChannelAttn.
+- --padded: the 1-D sweep's shapes with lengths (a padded batch) vs without, and the composite with them.
 - --autocast: a training step under bf16 autocast, default path vs composite.
 - --networks [cnn1d,resnet18,resnet1d]: a whole training step per attention block.
 
@@ -28,11 +29,11 @@ from typing import NoReturn
 
 import torch
 
-from cafusion.bench import autocast, block, networks, report, sweep
+from cafusion.bench import autocast, block, networks, padded, report, sweep
 from cafusion.bench.contenders import REFERENCE_FILE, load_reference
 
 DTYPES = {name: dtype for dtype, name in report.DTYPE_NAMES.items()}
-PARTS = ("block", "sweep", "autocast", "networks")
+PARTS = ("block", "sweep", "padded", "autocast", "networks")
 
 
 class Parser(argparse.ArgumentParser):
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--block", action="store_true", help="the image-map table")
     ranks = tuple(sweep.RANKS)
     g.add_argument("--sweep", nargs="?", const=list(ranks), type=_csv(ranks), metavar="1d,2d,3d", help="shape sweep")
+    g.add_argument("--padded", action="store_true", help="1-D sweep shapes with lengths vs without")
     g.add_argument("--autocast", action="store_true", help="training step under bf16 autocast")
     names = tuple(networks.NETWORKS)
     g.add_argument("--networks", nargs="?", const=list(names), type=_csv(names), metavar=",".join(names))
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="networks: forward and loss under bf16 autocast")
     p.add_argument("--thp", action="store_true", help="add a labelled second run with THP_MEM_ALLOC_ENABLE=1")
     p.add_argument("--shapes", type=lambda s: [_shape(t) for t in s.split(",")], help="comma-separated BxCx...")
-    p.add_argument("--dtypes", type=_csv(tuple(DTYPES)), help="block and sweep, comma-separated (fp32,bf16)")
+    p.add_argument("--dtypes", type=_csv(tuple(DTYPES)), help="block, sweep, padded: comma-separated (fp32,bf16)")
     p.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=_positive, default=None, help="timed rounds (default 15, quick 5)")
@@ -132,6 +134,9 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
         [s for s in given if len(s) == 4] if given else (block.QUICK_SHAPES if args.quick else block.SHAPES)
     )
     args.sweep_shapes = sweep.shapes_for(args.sweep, args.quick, given)
+    args.padded_shapes = (
+        [s for s in given if len(s) == 3] if given else (padded.QUICK_SHAPES if args.quick else padded.SHAPES)
+    )
     args.autocast_shapes = given or (autocast.QUICK_SHAPES if args.quick else autocast.SHAPES)
     if "block" in parts and not args.block_shapes:
         parser.error(
@@ -140,6 +145,11 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
         )
     if "sweep" in parts and not args.sweep_shapes:
         parser.error(f"--shapes: none has the rank of the selected sweep parts ({','.join(args.sweep)})")
+    if "padded" in parts and not args.padded_shapes:
+        parser.error(
+            "--shapes: the padded part (--padded, part of the default run) takes 1-D shapes BxCxL and none "
+            "is given; add one, or select other parts"
+        )
     return parts
 
 
@@ -176,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             part = block.run(args, device, reference, _progress)
         elif name == "sweep":
             part = sweep.run(args, device, reference, _progress)
+        elif name == "padded":
+            part = padded.run(args, device, _progress)
         elif name == "autocast":
             part = autocast.run(args, device, _progress)
         else:
