@@ -101,7 +101,7 @@ def _views(x: Tensor) -> Iterator[tuple[str, Tensor]]:
 
 
 def check_primitives(checks: Checks, device: torch.device, dry: bool) -> None:
-    from cafusion.kernels import triton_ops as T
+    from cafusion.kernels.backends.triton import passes as T
 
     shapes = [(2, 5, 7), (1, 3, 3000), (3, 200, 37), (2, 9, 1)]
     if not dry:  # a few large ones: the launch plan and the split/flat paths at real sizes
@@ -165,15 +165,11 @@ def check_primitives(checks: Checks, device: torch.device, dry: bool) -> None:
 def check_block(checks: Checks, device: torch.device, dry: bool) -> None:
     """Fast path vs reference path of cafusion's own module: y, ca and every gradient."""
     from cafusion import ChannelAttentionFusionT
-    from cafusion.kernels import dispatch, triton_ops
+    from cafusion.kernels.backends import triton
 
     probe = torch.zeros(1, 1, 1, device=device)
-    if dry:
-        from cafusion.kernels import op
-
-        op.backend = lambda x: triton_ops  # type: ignore[assignment]  # CPU tensors get the torch path otherwise
-    else:
-        checks.run("dispatcher picks triton for CUDA float32", lambda: _assert(dispatch.backend(probe) is triton_ops))
+    if not dry:  # (a dry run routes the op's CPU key to these kernels: route_cpu_to_triton)
+        checks.run("the op's CUDA kernel runs triton for float32", lambda: _assert(triton.is_available(probe)))
 
     configs: list[dict[str, Any]] = [
         {"fusion": "softmax", "gate": "sigmoid", "act": "relu"},
@@ -244,7 +240,7 @@ SMALL_CONFIGS = [
 
 def _small_params(c: int, h: int, r: int, bias: bool, temp: Tensor, device: torch.device) -> Any:
     """Random weights at PyTorch-init scale, conv-shaped (C, H, 1, 1) like the module's."""
-    from cafusion.kernels import small
+    from cafusion.kernels.backends.pytorch import small
 
     def w(*shape: int) -> Tensor:
         return torch.randn(*shape, device=device) / shape[1] ** 0.5
@@ -263,12 +259,15 @@ def check_small_path(checks: Checks, device: torch.device, dry: bool) -> None:
     fields, 1e-5 for the batch sums, whose terms cancel; both / min(T, 1), since u = z / T scales z's
     rounding), as tests/test_triton_small.py judges them.
     """
-    from cafusion.kernels import dispatch, small, triton_small
+    from cafusion.kernels.backends import triton
+    from cafusion.kernels.backends.pytorch import small
+    from cafusion.kernels.backends.triton import small as triton_small
 
     if not dry:
-        probe = torch.zeros(2, 3, device=device)
+        probe, probe_p = torch.zeros(2, 64, 3, device=device), _small_params(64, 4, 16, True, torch.tensor(1.0), device)
         checks.run(
-            "small_path picks triton for CUDA float32", lambda: _assert(dispatch.small_path(probe) is triton_small)
+            "small path picks triton for CUDA float32",
+            lambda: _assert(triton._small_path(probe, probe_p) is triton_small),
         )
     # Every config at one odd width; two configs at the benchmark widths and odd ones (each distinct
     # config and width specialisation is a compile: keep the lease short).
@@ -428,9 +427,9 @@ def bench_case(
             row[f"{name}_{what}_ms"] = ms
             row[f"{name}_{what}_floor_x"] = ms / (copies * copy_ms)
             row[f"{name}_{what}_GBps"] = 2 * copies * nbytes / ms / 1e6
-    from cafusion.kernels import triton_ops
+    from cafusion.kernels.backends import triton
 
-    if triton_ops.is_available(x):
+    if triton.is_available(x):
         row.update(time_primitives(x, dy, timer, copy_ms))
     return row
 
@@ -453,7 +452,7 @@ def graphed(fn: Callable[[], object], reset: list[Tensor]) -> Callable[[], objec
 
 def time_primitives(x: Tensor, dy: Tensor, timer: Timer, copy_ms: float) -> dict[str, float]:
     """Each Triton pass alone, against its own floor in copies of x: the kernels' bandwidth."""
-    from cafusion.kernels import triton_ops as T
+    from cafusion.kernels.backends.triton import passes as T
 
     x3, dy3 = x.flatten(2), dy.flatten(2)
     avg, mx, idx = T.pool_stats(x3, True)
@@ -491,7 +490,8 @@ def time_small_path(timer: Timer, shapes: list[tuple[int, ...]]) -> list[dict[st
     defaults (softmax fusion, sigmoid, relu, biases); CUDA-graph replays on a GPU (kernel time without
     the host's launch cost), wall clock on the CPU.
     """
-    from cafusion.kernels import small, triton_small
+    from cafusion.kernels.backends.pytorch import small
+    from cafusion.kernels.backends.triton import small as triton_small
 
     device = timer.device
     rows: list[dict[str, Any]] = []
@@ -537,7 +537,7 @@ SWEEP_SHAPES = [(16, 256, 56, 56), (16, 1024, 14, 14), (16, 2048, 7, 7)]
 
 def sweep(timer: Timer, deadline: float) -> list[dict[str, Any]]:
     """Kernel-only times of each pass for several launch plans (tile size, programs per SM)."""
-    from cafusion.kernels import triton_ops as T
+    from cafusion.kernels.backends.triton import passes as T
 
     defaults = (T._TILE_BYTES, T._REDUCE_TILE, T._PROGRAMS_PER_SM)
     rows: list[dict[str, Any]] = []
@@ -635,10 +635,10 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda")
     import triton
 
-    from cafusion.kernels import triton_ops
+    from cafusion.kernels.backends import triton as triton_backend
 
     probe = torch.zeros(1, 1, 1, device=device)
-    if not triton_ops.is_available(probe):
+    if not triton_backend.is_available(probe):
         print(f"gpu_check: the Triton kernels are not available on {device} (triton {triton.__version__})")
         return 2
 
@@ -658,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"env": env}
 
+    routed = route_cpu_to_triton() if args.dry_run else None  # the block's fast path on the Triton kernels
     checks = Checks()
     if not args.skip_checks:
         t0 = time.time()
@@ -709,7 +710,23 @@ def main(argv: list[str] | None = None) -> int:
                     _write(out, report, rows)  # after every case, so a cut-off run still leaves its rows
         print(table(rows))
     _write(out, report, rows)
+    del routed
     return 1 if checks.failed else 0
+
+
+def route_cpu_to_triton() -> Any:
+    """Dry run: the op's CPU key runs its CUDA kernels (the Triton backend, which the interpreter runs on
+    the CPU), so that the block's fast path goes through the Triton kernels as on a GPU. Registered for as
+    long as the returned library lives; the native CPU kernels are loaded first, or they would take the
+    CPU key back when they load."""
+    from cafusion.kernels import op
+    from cafusion.kernels.backends import native
+
+    native.library()
+    lib = torch.library.Library("cafusion", "IMPL")  # type: ignore[no-untyped-call]
+    lib.impl("caft_forward", op._forward_cuda, "CPU")
+    lib.impl("caft_backward", op._backward_cuda, "CPU")
+    return lib
 
 
 def _write(out: Path | None, report: dict[str, Any], rows: list[dict[str, Any]]) -> None:

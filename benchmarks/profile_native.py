@@ -22,7 +22,9 @@ from typing import Any
 import torch
 
 from cafusion import ChannelAttentionFusionT
-from cafusion.kernels import cpu, native
+from cafusion.kernels import op
+from cafusion.kernels.backends import native
+from cafusion.kernels.backends.pytorch import passes as cpu
 
 SHAPES = ["16x256x56x56", "16x1024x14x14", "16x2048x7x7", "1x64x7x7", "1x256x14x14"]
 
@@ -99,20 +101,32 @@ def calls(shape: tuple[int, ...], repeats: int) -> dict[str, float]:
     def bare_step() -> None:
         Identity.apply(xg, *leaves).backward(dy)
 
-    flags = (True, False, False)  # the block's defaults: softmax fusion, sigmoid gate, relu
+    config = {"fusion": "softmax", "gate": "sigmoid", "act": "relu"}  # the block's defaults
+    named = dict(zip(PARAM_NAMES, params, strict=True))
+    fwd_args = schema_order(op.caft_forward, x=x, **named, **config, need_index=True)
     with torch.no_grad():
-        _, _, _, avg, mx, idx, *state = lib.forward(x, params, *flags, True)
-        none = (None, None, None, None)
+        _, _, _, avg, mx, idx = lib.forward(*fwd_args)
+        stats = {"avg": avg, "mx": mx, "idx": idx}
+        bwd_args = schema_order(op.caft_backward, dy=dy, x=x, **stats, **named, **config, need_x=True)
         us = {
             "module forward (no grad)": median_s(lambda: block(x), repeats, 200),
-            "kernels forward call": median_s(lambda: lib.forward(x, params, *flags, True), repeats, 200),
-            "kernels backward call": median_s(
-                lambda: lib.backward(dy, *none, x, avg, mx, idx, params, state, *flags, True), repeats, 200
-            ),
+            "kernels forward call": median_s(lambda: lib.forward(*fwd_args), repeats, 200),
+            "kernels backward call": median_s(lambda: lib.backward(*bwd_args), repeats, 200),
         }
     us["module training step"] = median_s(step, repeats, 100)
     us["empty autograd.Function step, same inputs"] = median_s(bare_step, repeats, 100)
     return {k: 1e6 * v for k, v in us.items()}
+
+
+PARAM_NAMES = ("fc1_w", "fc1_b", "fc2_w", "fc2_b", "r1_w", "r1_b", "r2_w", "r2_b", "temperature")
+
+
+def schema_order(overload: Any, **named: Any) -> list[Any]:
+    """Positional arguments of the op (the native entry points take the same) from their names, in the
+    schema's order; optional ones not named are None."""
+    args = [named.pop(a.name, None) for a in overload._schema.arguments]
+    assert not named, f"not in the schema of {overload}: {sorted(named)}"
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

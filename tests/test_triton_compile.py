@@ -24,7 +24,11 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
-from cafusion.kernels import small, triton_kernels, triton_ops, triton_small, triton_small_kernels
+from cafusion.kernels.backends.pytorch import small
+from cafusion.kernels.backends.triton import passes as triton_ops
+from cafusion.kernels.backends.triton import passes_kernels as triton_kernels
+from cafusion.kernels.backends.triton import small as triton_small
+from cafusion.kernels.backends.triton import small_kernels as triton_small_kernels
 
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 H200_SMS = 132

@@ -1,4 +1,5 @@
-"""The Triton kernels, run on the CPU by Triton's interpreter, against naive torch.
+"""The Triton passes (``backends/triton/passes.py``), run on the CPU by Triton's interpreter, against
+naive torch; and the whole block through the op with its CPU key routed to the Triton backend.
 
 TRITON_INTERPRET=1 must be set before triton's @jit decorators run, so each group of checks runs
 in a fresh subprocess (this file executed as a script) with the variable set. Run one group by
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,8 +25,8 @@ GROUPS = ("pool_stats", "scale", "grad_ca", "grad_input", "edges", "block", "gpu
 @pytest.mark.parametrize("group", GROUPS)
 def test_kernels_under_interpreter(group: str) -> None:
     env = dict(os.environ, TRITON_INTERPRET="1")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "src"), str(root), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, __file__, group], env=env, capture_output=True, text=True, timeout=300, check=False
     )
@@ -74,7 +76,7 @@ def _scatter_ref(x: Tensor, idx: Tensor, val: Tensor) -> Tensor:
 
 
 def check_pool_stats(t: object) -> int:
-    from cafusion.kernels import triton_ops as T
+    from cafusion.kernels.backends.triton import passes as T
 
     count = 0
     for what, x in _cases():
@@ -119,7 +121,7 @@ def check_pool_stats(t: object) -> int:
 
 
 def check_scale(t: object) -> int:
-    from cafusion.kernels import triton_ops as T
+    from cafusion.kernels.backends.triton import passes as T
 
     count = 0
     for what, x in _cases():
@@ -139,7 +141,7 @@ def check_scale(t: object) -> int:
 
 
 def check_grad_ca(t: object) -> int:
-    from cafusion.kernels import triton_ops as T
+    from cafusion.kernels.backends.triton import passes as T
 
     count = 0
     for what, x in _cases():
@@ -153,7 +155,7 @@ def check_grad_ca(t: object) -> int:
 
 
 def check_grad_input(t: object) -> int:
-    from cafusion.kernels import triton_ops as T
+    from cafusion.kernels.backends.triton import passes as T
 
     count = 0
     for what, dy in _cases():
@@ -172,7 +174,7 @@ def check_grad_input(t: object) -> int:
 
 
 def check_edges(t: object) -> int:
-    from cafusion.kernels import triton_ops as T
+    from cafusion.kernels.backends.triton import passes as T
 
     assert T.is_available(torch.zeros(1, 1, 1)), "TRITON_INTERPRET=1 must make CPU float tensors eligible"
     assert not T.is_available(torch.zeros(1, 1, 1, dtype=torch.float64)), "float64 stays on the torch path"
@@ -207,12 +209,24 @@ def check_edges(t: object) -> int:
 
 
 def check_block(t: object) -> int:
-    """The whole block with the fast path forced onto these kernels, against the reference path."""
+    """The whole block through the op with its CPU key on the Triton backend, against the reference path."""
     from cafusion import ChannelAttentionFusionT
-    from cafusion.kernels import native, op, triton_ops
+    from cafusion.kernels.backends import pytorch
+    from cafusion.kernels.backends import triton as triton_backend
+    from tests.triton_cpu import route_cpu_to_triton
 
-    op.backend = lambda x: triton_ops  # type: ignore[assignment]  # CPU tensors would get the torch path
-    native.for_tensor = lambda x3: None  # type: ignore[assignment]  # ... or the C++ kernels
+    routed = route_cpu_to_triton()
+    calls = {"forward": 0, "backward": 0}
+    for name in calls:
+        setattr(triton_backend, name, _counted(getattr(triton_backend, name), calls, name))
+    passes_used = []
+    original = pytorch.compose_forward
+
+    def compose_forward(ops: object, *args: object, **kwargs: object) -> object:
+        passes_used.append(ops)
+        return original(ops, *args, **kwargs)  # type: ignore[arg-type]
+
+    pytorch.compose_forward = compose_forward  # type: ignore[assignment]
     configs = [
         {"fusion": "softmax", "gate": "sigmoid", "act": "relu"},
         {"fusion": "sum", "gate": "hardsigmoid", "act": "silu", "learnable_temperature": True, "temperature": 0.7},
@@ -245,7 +259,20 @@ def check_block(t: object) -> int:
                     assert a is not None and b is not None, what
                     _close(b, a, f"gradient {what}", rtol=1e-5, atol=1e-5)
                 count += 1
+    assert calls["forward"] == calls["backward"] == count, calls  # every fast step ran on the Triton backend
+    from cafusion.kernels.backends.triton import passes as triton_passes
+
+    assert passes_used and all(ops is triton_passes for ops in passes_used)  # with the Triton passes
+    del routed
     return count
+
+
+def _counted(fn: Callable[..., Any], calls: dict[str, int], name: str) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls[name] += 1
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def check_gpu_check_script(t: object) -> int:
@@ -283,6 +310,7 @@ CHECKS: dict[str, Callable[[object], int]] = {
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests.triton_cpu` when run by hand
     if os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("set TRITON_INTERPRET=1: these checks run the kernels on the CPU interpreter")
     torch.manual_seed(0)

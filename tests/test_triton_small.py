@@ -1,4 +1,5 @@
-"""The fused Triton small path (``triton_small``), run on the CPU by Triton's interpreter, against ``small``.
+"""The fused Triton small path (``backends/triton/small.py``), run on the CPU by Triton's interpreter,
+against the PyTorch small path (``backends/pytorch/small.py``, ``small`` below).
 
 As in ``test_triton_kernels.py``, TRITON_INTERPRET=1 must be set before triton's @jit decorators run,
 so each group runs in a fresh subprocess (this file executed as a script). Run one group by hand
@@ -25,14 +26,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from cafusion.kernels import dispatch, small
+from cafusion.kernels.backends.pytorch import small
 
 GROUPS = ("configs", "shapes", "edges", "block", "gpu_check", "plain_max")
 
@@ -40,8 +40,8 @@ GROUPS = ("configs", "shapes", "edges", "block", "gpu_check", "plain_max")
 @pytest.mark.parametrize("group", GROUPS)
 def test_small_path_under_interpreter(group: str) -> None:
     env = dict(os.environ, TRITON_INTERPRET="1")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "src"), str(root), env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
         [sys.executable, __file__, group], env=env, capture_output=True, text=True, timeout=300, check=False
     )
@@ -49,26 +49,7 @@ def test_small_path_under_interpreter(group: str) -> None:
     assert f"checked {group}:" in proc.stdout  # the group really ran its cases
 
 
-def _fake(is_cuda: bool, dtype: torch.dtype, channels: int = 64) -> Tensor:
-    """A stand-in for a (B, C) tensor on a device this machine does not have: the chooser reads only these."""
-    device = torch.device("cuda", 0) if is_cuda else torch.device("cpu")
-    shape = (16, channels)
-    return SimpleNamespace(is_cuda=is_cuda, dtype=dtype, device=device, shape=shape)  # type: ignore[return-value]
-
-
-def test_small_path_chooser() -> None:
-    """Triton for float32 compute on CUDA up to C = 1024; small.py for wider layers, float64 compute, and on the
-    CPU (never imports triton)."""
-    from cafusion.kernels import triton_small
-
-    assert dispatch.small_path(_fake(True, torch.float32)) is triton_small
-    assert dispatch.small_path(_fake(True, torch.float32), torch.float32) is triton_small
-    assert dispatch.small_path(_fake(True, torch.float32), torch.float64) is small  # float64 weights
-    assert dispatch.small_path(_fake(True, torch.float64)) is small
-    assert dispatch.small_path(torch.zeros(2, 3)) is small
-    # wide layers: one program per sample streams all the weights; PyTorch's matmuls win there (H200)
-    assert dispatch.small_path(_fake(True, torch.float32, 1024)) is triton_small
-    assert dispatch.small_path(_fake(True, torch.float32, 2048)) is small
+# The chooser (which small path runs where) is tested in test_triton_fallback.py.
 
 
 # ---------------------------------------------------------------- the checks (run in the subprocess)
@@ -135,7 +116,7 @@ def _one(
     dtype: torch.dtype = torch.float32,
 ) -> None:
     """triton_small vs small (float32 and float64) on one case: forward fields and every gradient."""
-    from cafusion.kernels import triton_small as TS
+    from cafusion.kernels.backends.triton import small as TS
 
     fusion, gate, act, bias = config
     temp = torch.tensor(0.7) if temp is None else temp
@@ -199,7 +180,7 @@ def check_edges() -> int:
         count += 1
     _one(CONFIGS[0], 3, 64, 13, 16, dtype=torch.bfloat16)  # gradients come back in bfloat16
     count += 1
-    from cafusion.kernels import triton_small as TS
+    from cafusion.kernels.backends.triton import small as TS
 
     for config in CONFIGS[:1] + CONFIGS[-1:]:
         fusion, gate, act, bias = config
@@ -218,13 +199,12 @@ def check_edges() -> int:
 
 
 def check_block() -> int:
-    """The whole block with the fast path on the Triton kernels (both the passes and the small path)."""
+    """The whole block through the op with its CPU key on the Triton backend (passes and small path)."""
     from cafusion import ChannelAttentionFusionT
-    from cafusion.kernels import native, op, triton_ops, triton_small
+    from cafusion.kernels.backends.triton import small as triton_small
+    from tests.triton_cpu import route_cpu_to_triton
 
-    op.backend = lambda x: triton_ops  # type: ignore[assignment]  # CPU tensors would get the torch path
-    op.small_path = lambda t, dtype=None: triton_small  # type: ignore[attr-defined]
-    native.for_tensor = lambda x3: None  # type: ignore[assignment]  # ... or the C++ kernels
+    routed = route_cpu_to_triton()
     calls = {"forward": 0, "backward": 0}
     for name in calls:
         setattr(triton_small, name, _counted(getattr(triton_small, name), calls, name))
@@ -261,17 +241,11 @@ def check_block() -> int:
                 assert a is not None and b is not None, what
                 torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5, msg=lambda m, w=what: f"gradient {w}: {m}")
             count += 1
-    # The custom op's backward recomputes the small path (fw=None): the same kernels, the same gradients.
-    p = _params(12, 6, 16, True, torch.tensor([0.8]))
-    x = torch.randn(2, 12, 5, 3)
-    _, _, _, avg, mx, idx, fw = op.fused_forward(x, p, "softmax", "sigmoid", "silu", True)
-    dy, g_w = torch.randn_like(x), torch.randn(2, 2)
-    saved = op.fused_backward(dy, None, g_w, None, None, x, avg, mx, idx, p, "softmax", "sigmoid", "silu", True, fw)
-    again = op.fused_backward(dy, None, g_w, None, None, x, avg, mx, idx, p, "softmax", "sigmoid", "silu", True)
-    for a, b in zip([saved[0], *saved[1]], [again[0], *again[1]], strict=True):
-        assert a is not None and b is not None and torch.equal(a, b), "recomputed small path differs"
-    assert calls["forward"] >= count + 2 and calls["backward"] >= count + 2, calls  # really ran on these kernels
-    return count + 1
+    # Each training step: the small path's forward, then in the backward its forward again (recomputed
+    # from the saved statistics, nothing (B, C)-sized is saved) and its backward, all on these kernels.
+    assert calls["forward"] == 2 * count and calls["backward"] == count, calls
+    del routed
+    return count
 
 
 def _counted(fn: Callable[..., Any], calls: dict[str, int], name: str) -> Callable[..., Any]:
@@ -309,9 +283,9 @@ def check_gpu_check_script() -> int:
 
 
 def check_plain_max() -> int:
-    """pool_stats without the index, both variants of its running max (triton_ops._PLAIN_MAX), against torch:
+    """pool_stats without the index, both variants of its running max (passes._PLAIN_MAX), against torch:
     NaN wins (also after an inf, and across the split of N), -inf rows, contiguous and channels_last."""
-    from cafusion.kernels import triton_ops as T
+    from cafusion.kernels.backends.triton import passes as T
 
     count = 0
     for plain in (True, False):
@@ -343,6 +317,7 @@ CHECKS: dict[str, Callable[[], int]] = {
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests.triton_cpu` when run by hand
     if os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("set TRITON_INTERPRET=1: these checks run the kernels on the CPU interpreter")
     torch.manual_seed(0)
