@@ -1,7 +1,7 @@
 """Measure the rules the native CPU backend applies at run time, so docs/performance.md can cite them.
 
-1. The small (B, C) path: plain loops vs ATen matmuls, per batch size (the rule: loops for B <= 32 and
-   B*C*max(H, R) <= 65536). Times the block's forward (no grad) and training step with each forced.
+1. The small (B, C) path: plain loops vs ATen matmuls (the rule: loops up to B*C*max(H, R) = 16384
+   multiply-adds). Times the block's forward (no grad) and training step with each forced.
 2. Short-row pooling: AVX-512 gathers vs row by row (the rule is measured per machine at load time by
    ``choose_pool_variant``; this prints both timings and the choice).
 
@@ -74,26 +74,34 @@ def main() -> int:
             timing[name] = (fwd, step)
         lib.set_direct_max(default)
         hidden = max(block.hidden, block.fusion_router_hidden)
-        picks = "loops" if shape[0] <= 32 and shape[0] * shape[1] * hidden <= default else "aten"
+        picks = "loops" if shape[0] * shape[1] * hidden <= default else "aten"
         rows.append({"shape": list(shape), "loops_us": timing["loops"], "aten_us": timing["aten"], "rule": picks})
         print(
             f"{'x'.join(map(str, shape)):>18} {timing['loops'][0]:10.1f} {timing['aten'][0]:10.1f} "
             f"{timing['loops'][1]:11.1f} {timing['aten'][1]:10.1f}  {picks}"
         )
-    x3 = torch.randn(64, 256, 49)
+    chosen, limit = lib.gather_rows(), lib.gather_max_n()
+    lib.set_gather_max_n(1024)
     pool = {}
-    chosen = lib.gather_rows()
-    for gathers in (False, True):
-        lib.set_gather_rows(gathers)
-        pool[str(gathers)] = median_us(lambda: lib.pool_stats(x3, True), 50)
+    for shape in native._CALIBRATION:
+        x3 = torch.randn(*shape)
+        for gathers in (False, True):
+            lib.set_gather_rows(gathers)
+            pool[f"{shape[2]}:{'gathers' if gathers else 'rows'}"] = median_us(lambda: lib.pool_stats(x3, True), 20)  # noqa: B023
+        print(
+            f"pool_stats {shape} fp32: row by row {pool[f'{shape[2]}:rows']:.1f} us, "
+            f"gathers {pool[f'{shape[2]}:gathers']:.1f} us"
+        )
     lib.set_gather_rows(chosen)
+    lib.set_gather_max_n(limit)
     print(
-        f"pool_stats (64, 256, 49) fp32: row by row {pool['False']:.1f} us, gathers {pool['True']:.1f} us; "
-        f"this machine uses {'gathers' if chosen else 'rows'}"
+        f"this machine pools rows up to {limit} positions through the gathers"
+        if chosen
+        else "this machine pools every row without the gathers"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"small_path": rows, "pool_short_rows_us": pool, "gathers_chosen": chosen, "threads": 1}
+    result = {"small_path": rows, "pool_us": pool, "gathers_chosen": chosen, "gather_max_n": limit, "threads": 1}
     (out / "small_path_rule.json").write_text(json.dumps(result, indent=1))
     return 0
 

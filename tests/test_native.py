@@ -43,12 +43,14 @@ def lib() -> ModuleType:
 def gathers(request: pytest.FixtureRequest, lib: ModuleType) -> Iterator[bool]:
     """Both pooling variants for short float32 rows (row by row, or 16 rows at a time through gathers):
     which one runs is measured per machine, so both must give the same, exact results."""
-    before = lib.gather_rows()
+    before, limit = lib.gather_rows(), lib.gather_max_n()
     lib.set_gather_rows(request.param)
+    lib.set_gather_max_n(1024)  # every row length the gathers can take
     try:
         yield request.param
     finally:
         lib.set_gather_rows(before)
+        lib.set_gather_max_n(limit)
 
 
 def views(shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, Tensor]:
@@ -385,9 +387,12 @@ def test_environment_switch_turns_the_kernels_off() -> None:
 
 
 def test_pooling_variant_from_the_environment() -> None:
-    code = "from cafusion.kernels.backends import native; print(native.library().gather_rows())"
-    assert run_python(code, CAFUSION_POOL_GATHERS="1") == "True"
-    assert run_python(code, CAFUSION_POOL_GATHERS="0") == "False"
+    code = (
+        "from cafusion.kernels.backends import native; lib = native.library(); "
+        "print(lib.gather_rows(), lib.gather_max_n())"
+    )
+    assert run_python(code, CAFUSION_POOL_GATHERS="1") == "True 1024"
+    assert run_python(code, CAFUSION_POOL_GATHERS="0") == "False 0"
 
 
 def test_pooling_variant_is_measured_once_and_remembered(
@@ -397,21 +402,30 @@ def test_pooling_variant_is_measured_once_and_remembered(
     monkeypatch.setenv(native.DIR_ENV, str(tmp_path))
     record = native.build_dir() / "pool_variant.json"
     record.parent.mkdir(parents=True)
-    before = lib.gather_rows()
+    before, limit = lib.gather_rows(), lib.gather_max_n()
     try:
-        choice = native.choose_pool_variant(lib)  # no record yet: both variants timed, the faster kept
+        choice = native.choose_pool_variant(lib)  # no record yet: both variants timed per row length
         saved = json.loads(record.read_text())
-        assert saved["gathers"] is choice and set(saved["seconds"]) == {"True", "False"}
-        assert choice == (saved["seconds"]["True"] < saved["seconds"]["False"])
-        assert all(t > 0 for t in saved["seconds"].values())
-        for remembered in (True, False):  # later processes read the record instead of timing again
-            record.write_text(json.dumps({"gathers": remembered}))
-            assert native.choose_pool_variant(lib) is remembered
+        assert saved["gathers"] is choice and saved["gather_max_n"] == lib.gather_max_n()
+        lengths = [int(n) for n in saved["seconds"]]
+        assert lengths and set(lengths) <= {49, 196, 784}
+        won = [n for n in lengths if saved["seconds"][str(n)]["gathers"] < saved["seconds"][str(n)]["rows"]]
+        # the limit is the longest row length up to which the gathers won every comparison
+        expected = 0
+        for n in sorted(lengths):
+            if n not in won:
+                break
+            expected = n
+        assert saved["gather_max_n"] == expected and choice == (expected > 0)
+        for remembered, n in ((True, 196), (False, 0)):  # later processes read the record instead of timing
+            record.write_text(json.dumps({"gathers": remembered, "gather_max_n": n}))
+            assert native.choose_pool_variant(lib) is remembered and lib.gather_max_n() == n
         monkeypatch.setenv(native.GATHER_ENV, "off")  # the environment overrides the record
-        record.write_text(json.dumps({"gathers": True}))
-        assert native.choose_pool_variant(lib) is False
+        record.write_text(json.dumps({"gathers": True, "gather_max_n": 784}))
+        assert native.choose_pool_variant(lib) is False and lib.gather_max_n() == 0
     finally:
         lib.set_gather_rows(before)
+        lib.set_gather_max_n(limit)
 
 
 def test_build_name_changes_with_the_source(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -167,35 +167,59 @@ def library() -> ModuleType | None:
     return lib
 
 
-def choose_pool_variant(lib: ModuleType) -> bool:
-    """Whether short float32 rows pool faster through AVX-512 gathers than row by row, on this CPU.
+# Row lengths at which the pool variants are compared: 7x7, 14x14 and 28x28 maps (~0.8M floats each).
+_CALIBRATION = ((64, 256, 49), (16, 256, 196), (4, 256, 784))
 
-    Measured once per build and machine (the build folder is per CPU), remembered in ``pool_variant.json``:
-    both variants pool a (64, 256, 49) float32 tensor (7x7 maps, where the gap is widest) five times, and the
-    faster median wins. The gathers won 1.7x on the CPU they were written on and lost 4x on a Zen 4, so no
-    fixed choice is right everywhere. ``CAFUSION_POOL_GATHERS=0/1`` overrides the measurement.
-    """
-    forced = os.environ.get(GATHER_ENV)
-    if forced is not None:
-        return forced.strip().lower() not in ("0", "false", "no", "off")
-    record = build_dir() / "pool_variant.json"
-    try:
-        return bool(json.loads(record.read_text())["gathers"])
-    except (OSError, ValueError, KeyError):
-        pass
-    x3 = torch.randn(64, 256, 49)
-    times: dict[bool, float] = {}
-    for gathers in (False, True, False, True):
-        lib.set_gather_rows(gathers)
+
+def _pool_seconds(lib: ModuleType, x3: torch.Tensor, gathers: bool) -> float:
+    """Best of two medians of five pool_stats calls with the gathers on or off."""
+    lib.set_gather_rows(gathers)
+    best = float("inf")
+    for _ in range(2):
         runs = []
         for _ in range(5):
             start = time.perf_counter()
             lib.pool_stats(x3, True)
             runs.append(time.perf_counter() - start)
-        times[gathers] = min(times.get(gathers, float("inf")), statistics.median(runs))
-    choice = times[True] < times[False]
+        best = min(best, statistics.median(runs))
+    return best
+
+
+def choose_pool_variant(lib: ModuleType) -> bool:
+    """Whether short float32 rows pool faster through AVX-512 gathers than row by row on this CPU, and up
+    to which row length (``lib.set_gather_max_n``).
+
+    Measured once per build and machine (the build folder is per CPU), remembered in ``pool_variant.json``:
+    both variants pool tensors with rows of 49, 196 and 784 positions; the gathers are used up to the
+    longest row length from which down they won every comparison. They won 1.7x on the CPU they were
+    written on and lost at 14x14 on a Zen 4 (issue 10), so no fixed choice is right everywhere.
+    ``CAFUSION_POOL_GATHERS=0/1`` overrides the measurement (1: every row up to 1024 positions).
+    """
+    forced = os.environ.get(GATHER_ENV)
+    if forced is not None:
+        on = forced.strip().lower() not in ("0", "false", "no", "off")
+        lib.set_gather_max_n(1024 if on else 0)
+        return on
+    record = build_dir() / "pool_variant.json"
+    try:
+        saved = json.loads(record.read_text())
+        lib.set_gather_max_n(int(saved["gather_max_n"]))
+        return bool(saved["gathers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    limit, seconds = 0, {}
+    lib.set_gather_max_n(1024)  # while measuring, the gathers take every row length they can
+    for shape in _CALIBRATION:
+        x3 = torch.randn(*shape)
+        rows, gathered = _pool_seconds(lib, x3, False), _pool_seconds(lib, x3, True)
+        seconds[str(shape[2])] = {"rows": rows, "gathers": gathered}
+        if gathered >= rows:
+            break
+        limit = shape[2]
+    lib.set_gather_max_n(limit)
+    choice = limit > 0
     with contextlib.suppress(OSError):
-        record.write_text(json.dumps({"gathers": choice, "seconds": {str(k): v for k, v in times.items()}}))
+        record.write_text(json.dumps({"gathers": choice, "gather_max_n": limit, "seconds": seconds}))
     return choice
 
 

@@ -251,6 +251,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the Python function that returns differentiable gradients (create_graph=True)");
   m.def("set_gather_rows", [](bool on) { g_gather_rows = on; }, "pool short float32 rows 16 at a time (AVX-512)");
   m.def("gather_rows", [] { return g_gather_rows; }, "whether short rows are pooled through gathers");
+  m.def("set_gather_max_n", [](int64_t n) { g_gather_max_n = std::min<int64_t>(n, kBlock); },
+        "the longest rows (<= 1024) pooled through the gathers");
+  m.def("gather_max_n", [] { return g_gather_max_n; }, "the longest rows pooled through the gathers");
   m.def("set_direct_max", [](int64_t v) { g_direct_max = v; }, "largest B*C*max(H, R) the small-path loops take");
   m.def("direct_max", [] { return g_direct_max; }, "largest B*C*max(H, R) the small-path loops take");
   m.def("cache_set_limit", [](int64_t bytes) { return BufferCache::get().set_limit(static_cast<size_t>(bytes)); },

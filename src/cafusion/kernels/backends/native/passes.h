@@ -173,11 +173,12 @@ inline void pool_rows16_f32(const float* base, const int32_t* offsets, int64_t w
 // the CPU (1.7x faster on the machine it was written on, 4x slower on a Zen 4), so Python measures both
 // once per machine and sets this (cafusion/kernels/backends/native/__init__.py, choose_pool_variant).
 inline bool g_gather_rows = false;
+inline int64_t g_gather_max_n = 0;  // the longest rows that go through the gathers (measured, too)
 
 // Short rows go through the gathers when chosen and every row offset fits their int32 indices. (Only
 // pooling: for grad_ca's two inputs the per-row dot product measured faster everywhere it was tried.)
 inline bool gather_rows(const Tensor& t) {
-  if (!g_gather_rows) return false;
+  if (!g_gather_rows || t.size(2) > g_gather_max_n) return false;
   const int64_t span = (t.size(0) - 1) * t.stride(0) + (t.size(1) - 1) * t.stride(1);
   return rows_layout(t) && t.size(2) <= kBlock && span < (int64_t(1) << 31) - t.size(2);
 }

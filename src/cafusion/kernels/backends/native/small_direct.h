@@ -53,6 +53,13 @@ inline A hardsigmoid_of(A v) {
 template <typename A>
 inline A dot(const A* a, const A* b, int64_t n) {
   constexpr int64_t kL = 16;
+  if (n < kL) {  // a hidden layer's few inputs: setting up and merging 16 partial sums would cost more
+    A s0 = 0, s1 = 0;
+    int64_t k = 0;
+    for (; k + 2 <= n; k += 2) s0 += a[k] * b[k], s1 += a[k + 1] * b[k + 1];
+    if (k < n) s0 += a[k] * b[k];
+    return s0 + s1;
+  }
   A s[kL] = {};
   int64_t k = 0;
   for (; k + kL <= n; k += kL)
@@ -195,12 +202,11 @@ void direct_sample_backward(const Direct<A>& p, const A* avg, const A* mx, const
   }
 }
 
-// Problems up to this many multiply-adds per layer (B * C * max(H, R)), and batches up to kDirectMaxBatch,
-// take the loops. Measured (docs/performance.md, 1 thread): the loops cost ~1 µs per sample forward and ~2
-// backward, ATen's matmuls ~40 µs flat: loops win at B <= 32 (1x64x7x7 step 93 vs 192 µs, 32x16x40 176 vs
-// 227 µs), ATen at B = 100 (100x25x20 forward 84 vs 231 µs).
-constexpr int64_t kDirectMaxBatch = 32;
-inline int64_t g_direct_max = int64_t(1) << 16;  // settable for measurements (set_direct_max)
+// Problems up to this many multiply-adds per layer (B * C * max(H, R)) take the loops, larger ones ATen's
+// matmuls. benchmarks/small_path_rule.py (1 thread): the loops cost ~1 µs per sample forward and ~3 per
+// step, ATen ~40 µs forward and ~200 per step almost flat; loops win at 1x64x7x7 (step 94 vs 194 µs) and
+// 32x16x40 (149 vs 226), ATen at 32x64x16 (278 vs 338), which is 32768 multiply-adds.
+inline int64_t g_direct_max = int64_t(1) << 14;  // settable for measurements (set_direct_max)
 
 // Whether the loops take this call: every weight already in the compute type and contiguous, and small.
 inline bool direct_ok(const Params& p, at::ScalarType dtype, int64_t batch, bool softmax) {
@@ -210,7 +216,7 @@ inline bool direct_ok(const Params& p, at::ScalarType dtype, int64_t batch, bool
                   !fits(p.r2_w) || !fits(p.r2_b)))
     return false;
   const int64_t C = p.fc2_w.size(0), H = p.fc1_w.size(0), R = softmax ? p.r1_w->size(0) : 0;
-  return batch <= kDirectMaxBatch && batch * C * std::max(H, R) <= g_direct_max;
+  return batch * C * std::max(H, R) <= g_direct_max;
 }
 
 template <typename A>
