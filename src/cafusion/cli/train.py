@@ -12,14 +12,18 @@ from typing import Any
 
 from cafusion.cli.errors import CLIError
 
+DESCRIPTION = "train a model with an attention block on your own data, in 1 or N processes."
+
 EPILOG = """\
 data: a folder with one sub-folder per class holding PNG/JPEG images (all the same size), or a
 .npz/.pt file holding x (N, C, L | N, C, H, W | N, C, D, H, W) and integer labels y (N,).
 
 multi-process: torchrun --nproc_per_node 2 -m cafusion train ...  (gloo on CPU, nccl on CUDA; only
-rank 0 writes files). --batch-size is the GLOBAL batch, split evenly over the processes, so the
-same seed and batch size give the same training whatever the number of processes (use --norm group
-or none on CPU: batch-norm statistics are per process there).
+rank 0 writes files). --batch-size is the GLOBAL batch, split evenly over the processes, so with
+--norm group or none the same seed and batch size give the same training whatever the number of
+processes. With --norm batch on the CPU each process normalises its own share of the batch (close
+to, not equal to, one process), and --dist-bn averages the running statistics every epoch; on CUDA
+batch norm becomes SyncBatchNorm.
 
 run folder (--out): config.json, metrics.json/.csv, diagnostics/epoch-N.json (FusionMonitor),
 latest.json -> checkpoints/epoch-N.{safetensors,state.pt,json}, written atomically every epoch.
@@ -30,7 +34,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "train",
         help="train on an image folder or a tensor file (checkpoints, --resume, torchrun)",
-        description=__doc__.splitlines()[0].split(": ", 1)[1] if __doc__ else None,
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -52,7 +56,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="block option, repeatable, e.g. --attn-opt reduction=8 --attn-opt learnable_temperature=true",
     )
     p.add_argument("--widths", default="32,64", metavar="W1,W2", help="small_cnn stage widths; default: 32,64")
-    p.add_argument("--norm", default="batch", choices=("batch", "group", "none"), help="normalisation layers")
+    p.add_argument(
+        "--norm", default="batch", choices=("batch", "group", "none"), help="normalisation layers; default: %(default)s"
+    )
+    p.add_argument(
+        "--dist-bn",
+        default="reduce",
+        choices=("reduce", "broadcast", "none"),
+        help="under torchrun, batch-norm running statistics at the end of each epoch: average them over the "
+        "processes (reduce), take rank 0's (broadcast) or keep them per process (none); default: %(default)s",
+    )
     p.add_argument("--epochs", type=int, default=10, help="default: %(default)s")
     p.add_argument(
         "--batch-size",
@@ -70,7 +83,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--precision",
         default="auto",
         choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: bf16 autocast on CUDA (fp16 + grad scaling where bf16 is missing), fp32 on CPU",
+        help="auto: bf16 autocast on CUDA (fp16 + grad scaling where bf16 is missing), fp32 on CPU; "
+        "bf16 on the CPU: CPU autocast",
     )
     p.add_argument("--val-fraction", type=float, default=0.2, help="share held out for validation; default: 0.2")
     p.add_argument("--out", default="runs/train", metavar="DIR", help="run folder; default: %(default)s")
@@ -120,7 +134,7 @@ def _widths(text: str) -> tuple[int, ...]:
 
 def _run(args: argparse.Namespace) -> int:
     from cafusion.training.config import TrainConfig
-    from cafusion.training.trainer import TrainInterrupted, train
+    from cafusion.training.trainer import ReplicasDiffer, TrainInterrupted, train
 
     config = TrainConfig(
         data=args.data,
@@ -130,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         attention_kwargs=parse_options(args.attn_opt),
         widths=_widths(args.widths),
         norm=args.norm,
+        dist_bn=args.dist_bn,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -152,6 +167,11 @@ def _run(args: argparse.Namespace) -> int:
             else "no checkpoint was written yet"
         )
         raise CLIError(f"interrupted during epoch {exc.epoch + 1}; {where}", code=130) from None
+    except ReplicasDiffer as exc:
+        raise CLIError(str(exc), code=1) from None
+    except OSError as exc:  # a write into the run folder failed mid-run (disk full, permissions changed)
+        what = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc.strerror or exc)
+        raise CLIError(f"cannot write to the run folder --out {args.out!r}: {what}", code=1) from None
     if result.rank == 0:
         print(f"done: {result.epochs_done} epochs; run folder {result.out}")
     return 0

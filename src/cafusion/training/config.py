@@ -8,11 +8,13 @@ those are refused too. Only ``epochs`` (to train longer), ``device``, ``out`` an
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cafusion import _validation as check
+from cafusion.training.distributed import DIST_BN
 from cafusion.training.models import NORMS
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -20,7 +22,17 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Settings that define the network; a checkpoint with other values belongs to another model.
 MODEL_KEYS = ("model", "attention", "attention_kwargs", "widths", "norm")
 # Settings that must match for the continued run to equal an uninterrupted one.
-RUN_KEYS = ("batch_size", "lr", "weight_decay", "momentum", "optimizer", "seed", "val_fraction", "precision")
+RUN_KEYS = (
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "momentum",
+    "optimizer",
+    "seed",
+    "val_fraction",
+    "precision",
+    "dist_bn",
+)
 
 
 @dataclass
@@ -34,6 +46,7 @@ class TrainConfig:
     attention_kwargs: dict[str, Any] = field(default_factory=dict)
     widths: tuple[int, ...] = (32, 64)
     norm: str = "batch"
+    dist_bn: str = "reduce"
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -59,13 +72,12 @@ class TrainConfig:
             raise ValueError(f"--attention must be a registry name, got {self.attention!r}")
         if not isinstance(self.attention_kwargs, dict):
             raise TypeError(f"attention options must be a dict, got {type(self.attention_kwargs).__name__}")
-        from cafusion.layers.registry import create_attention
-
-        create_attention(self.attention, 64, **self.attention_kwargs)  # a bad name or option fails now, not later
+        _check_block(self.attention, self.attention_kwargs)  # a bad name or option fails now, not later
         self.widths = tuple(check.positive_int("--widths", w) for w in self.widths)
         if not self.widths:
             raise ValueError("--widths must list at least one width")
         self.norm = check.choice("--norm", self.norm, NORMS)
+        self.dist_bn = check.choice("--dist-bn", self.dist_bn, DIST_BN)
         self.epochs = check.positive_int("--epochs", self.epochs)
         self.batch_size = check.positive_int("--batch-size", self.batch_size)
         self.lr = check.positive_finite("--lr", self.lr)
@@ -79,8 +91,8 @@ class TrainConfig:
         self.precision = check.choice("--precision", self.precision, PRECISIONS)
         if self.device != "cpu" and self.device != "cuda" and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
-        if self.device == "cpu" and self.precision in ("bf16", "fp16"):
-            raise ValueError(f"--precision {self.precision} is mixed precision for CUDA; use --device cuda or fp32")
+        if self.device == "cpu" and self.precision == "fp16":
+            raise ValueError("--precision fp16 is mixed precision for CUDA; on the CPU use bf16 or fp32")
         self.val_fraction = _non_negative("--val-fraction", self.val_fraction)
         if self.val_fraction >= 1:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction!r}")
@@ -95,6 +107,8 @@ class TrainConfig:
 def check_resume_compatible(current: TrainConfig, stored: dict[str, Any], source: str) -> None:
     """Refuse to resume from a checkpoint of another model or of a run with other settings."""
     now = current.as_dict()
+    defaults = TrainConfig(data="-").as_dict()  # a key a checkpoint predates had its default value
+    stored = {**{k: defaults[k] for k in RUN_KEYS if k not in stored}, **stored}
     for key in MODEL_KEYS:
         if now[key] != stored.get(key):
             raise ValueError(
@@ -108,6 +122,38 @@ def check_resume_compatible(current: TrainConfig, stored: dict[str, Any], source
                 f"checkpoint {source!r} was trained with {flag} {stored.get(key)!r}, this run has {now[key]!r}; "
                 "an exact resume needs the same value"
             )
+
+
+def _check_block(name: str, options: dict[str, Any]) -> None:
+    """Build the block once; an unknown option lists the options this block takes."""
+    from cafusion.layers.registry import create_attention
+
+    try:
+        create_attention(name, 64, **options)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        unknown = sorted(set(options) - set(block_options(name)))
+        raise ValueError(
+            f"--attn-opt {', '.join(unknown) or str(exc)}: not an option of --attention {name!r}; "
+            f"it takes {', '.join(block_options(name))}"
+        ) from None
+
+
+def block_options(name: str) -> list[str]:
+    """The keyword options a registered block takes (for the caft layers: those of ChannelAttentionFusionT)."""
+    from cafusion.layers import ChannelAttentionFusionT, ChannelAttentionFusionTLayer
+    from cafusion.layers.registry import get_attention
+
+    factory = get_attention(name)
+    target = getattr(factory, "func", factory)  # a functools.partial names its class in .func
+    fixed = set(getattr(factory, "keywords", {}) or {})
+    params = list(inspect.signature(factory).parameters.values())
+    if isinstance(target, type) and issubclass(target, ChannelAttentionFusionTLayer):
+        params += list(inspect.signature(ChannelAttentionFusionT).parameters.values())
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    skip = {"channels", "device", "dtype", *fixed}
+    return sorted({p.name for p in params if p.kind in kinds and p.name not in skip})
 
 
 def _non_negative(name: str, value: Any) -> float:
