@@ -84,18 +84,20 @@ def format_blocks(rows: list[dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _load_data(spec: str, config: dict[str, Any]) -> tuple[Any, Any, str]:
+def _load_data(spec: str, config: dict[str, Any]) -> tuple[Any, Any, str, tuple[str, ...]]:
+    """(x, y, description, class names): an image folder's classes are its sub-folder names."""
     if spec == "digits":
         try:
             from cafusion.cli.demo import load_digits
-        except ImportError as exc:  # pragma: no cover - sklearn is a demo extra
-            raise CLIError(f"--data digits needs scikit-learn: pip install 'cafusion[demo]' ({exc})") from None
-        d = load_digits()
-        return d.x_test, d.y_test, "digits test split"
+
+            d = load_digits()
+        except ImportError:
+            raise CLIError("--data digits needs scikit-learn: pip install 'cafusion[demo]'", code=1) from None
+        return d.x_test, d.y_test, "digits test split", tuple(str(i) for i in range(10))
     from cafusion.training.data import load_dataset
 
     data = load_dataset(spec)
-    return data.x, data.y, spec
+    return data.x, data.y, spec, data.classes
 
 
 def _check_fits(x: Any, config: dict[str, Any], source: str) -> None:
@@ -103,7 +105,8 @@ def _check_fits(x: Any, config: dict[str, Any], source: str) -> None:
     if x.dim() - 2 != dims or x.shape[1] != channels:
         raise CLIError(
             f"{source} has samples of shape {tuple(x.shape[1:])} but the model expects "
-            f"{channels} channel(s) and {dims} spatial dim(s)"
+            f"{channels} channel(s) and {dims} spatial dim(s)",
+            code=2,
         )
 
 
@@ -115,14 +118,14 @@ def _load_training_checkpoint(path: str) -> tuple[Any, str, dict[str, Any]]:
     ckpt = load_checkpoint(path)
     spec = ckpt.state.get("model_spec")
     if not isinstance(spec, dict):
-        raise CLIError(f"checkpoint {path!r} does not record which model it belongs to (no model_spec)")
+        raise CLIError(f"checkpoint {path!r} does not record which model it belongs to (no model_spec)", code=2)
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     try:
         model = build_model(ModelSpec(name=str(spec["name"]), **{**kwargs, "widths": tuple(kwargs["widths"])}))
         model.load_state_dict(ckpt.weights, strict=True)
     except (KeyError, TypeError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        raise CLIError(f"checkpoint {path!r} does not fit the model it records ({spec}): {first}") from None
+        raise CLIError(f"checkpoint {path!r} does not fit the model it records ({spec}): {first}", code=2) from None
     return model, str(spec["name"]), kwargs
 
 
@@ -135,7 +138,7 @@ def load_any(path: str) -> tuple[Any, str, dict[str, Any]]:
     except NoModelSpecError:
         return _load_training_checkpoint(path)
     except ModelCheckpointError as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(str(exc), code=2) from None
     spec = sidecar.get("model") or sidecar["config"]["model"]
     return model, str(spec["name"]), dict(spec["kwargs"])
 
@@ -155,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_blocks(rows))
     if args.data is None:
         return 0
-    x, y, source = _load_data(args.data, kwargs)
+    x, y, source, classes = _load_data(args.data, kwargs)
     _check_fits(x, kwargs, source)
     model.eval()
     correct = 0
@@ -169,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
     print(mon.summary_table(stats))
     for s in stats:
         if s.class_w_avg:
-            means = ", ".join(f"{c}: {v:.3f}" for c, v in sorted(s.class_w_avg.items()))
+            means = ", ".join(f"{_name(classes, c)}: {v:.3f}" for c, v in sorted(s.class_w_avg.items()))
             print(f"{s.block} mean w_avg per class: {means}")
     return 0
+
+
+def _name(classes: tuple[str, ...], index: int) -> str:
+    return classes[index] if 0 <= index < len(classes) else str(index)

@@ -376,7 +376,7 @@ class FusionMonitor:
         """A fixed-width text table of ``stats`` (default: ``summary()``), one row per block."""
         from cafusion.diagnostics.table import format_table
 
-        return format_table(self.summary() if stats is None else stats)
+        return format_table(self.summary() if stats is None else stats, low=self.low, high=self.high)
 
     # -- output --------------------------------------------------------------------------------
     def to_json(self, path: str | Path) -> Path:
@@ -401,7 +401,7 @@ class FusionMonitor:
         return [
             plot_fusion_histograms(stats, out / f"{prefix}fusion_hist.png"),
             plot_class_means(stats, out / f"{prefix}class_w_avg.png"),
-            plot_training_curves(self.history, out / f"{prefix}training_curves.png"),
+            plot_training_curves(self.history, out / f"{prefix}training_curves.png", x_label="monitor step"),
         ]
 
     def log_tensorboard(self, writer: Any, step: int | None = None) -> None:

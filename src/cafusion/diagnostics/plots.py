@@ -76,8 +76,19 @@ def plot_class_means(stats: Sequence[BlockStats], path: str | Path, title: str =
     return _save(fig, path)
 
 
-def plot_training_curves(history: Sequence[BlockStats], path: str | Path, title: str = "") -> Path:
-    """Two panels over the steps: the temperature T of each block, and its gate saturation."""
+def plot_training_curves(
+    history: Sequence[BlockStats], path: str | Path, title: str = "", x_label: str = "epoch"
+) -> Path:
+    """Two panels over the monitor's steps: the temperature T of each block, and its gate saturation.
+
+    The trainer and the demo close one monitor step per epoch, so the x axis counts epochs from 1;
+    ``x_label`` names it for callers that step differently.
+    """
+    return _save(training_curves_figure(history, title, x_label), path)
+
+
+def training_curves_figure(history: Sequence[BlockStats], title: str = "", x_label: str = "epoch") -> Any:
+    """The figure :func:`plot_training_curves` saves (x: step number from 1)."""
     fig, (ax_t, ax_s) = _figure(2)
     by_block: dict[str, list[BlockStats]] = {}
     for s in history:
@@ -85,17 +96,17 @@ def plot_training_curves(history: Sequence[BlockStats], path: str | Path, title:
     if not by_block:
         _empty(ax_t, "no steps recorded")
         _empty(ax_s, "no steps recorded")
-        return _save(fig, path)
+        return fig
     for name, rows in by_block.items():
-        steps = [s.step for s in rows]
+        steps = [0 if s.step is None else s.step + 1 for s in rows]
         ax_t.plot(steps, [s.T for s in rows], marker=".", label=name)
         ax_s.plot(steps, [100 * s.saturation for s in rows], marker=".", label=name)
-    ax_t.set_xlabel("step")
+    ax_t.set_xlabel(x_label)
     ax_t.set_ylabel("temperature T")
-    ax_s.set_xlabel("step")
+    ax_s.set_xlabel(x_label)
     ax_s.set_ylabel("saturated gate values (%)")
     ax_s.set_title("share of ca < low or > high", fontsize=9)
     ax_t.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return fig

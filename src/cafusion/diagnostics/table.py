@@ -9,6 +9,13 @@ from cafusion.diagnostics.monitor import BlockStats
 HEADERS = ("block", "samples", "w_avg mean", "w_avg std", "prefer max", "gate<low", "gate>high", "T")
 
 
+def headers(low: float | None = None, high: float | None = None) -> tuple[str, ...]:
+    """The column names; with the monitor's limits the gate columns say them (``gate<0.01``)."""
+    if low is None or high is None:
+        return HEADERS
+    return (*HEADERS[:5], f"gate<{low:g}", f"gate>{high:g}", HEADERS[7])
+
+
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -31,12 +38,16 @@ def rows(stats: Sequence[BlockStats]) -> list[tuple[str, ...]]:
     ]
 
 
-def format_table(stats: Sequence[BlockStats], markdown: bool = False) -> str:
-    """Align the cells in columns; ``markdown=True`` gives a GitHub table instead."""
+def format_table(
+    stats: Sequence[BlockStats], markdown: bool = False, low: float | None = None, high: float | None = None
+) -> str:
+    """Align the cells in columns; ``markdown=True`` gives a GitHub table instead. ``low``/``high``:
+    the gate limits the saturation columns count against, shown in their headers."""
+    names = headers(low, high)
     body = rows(stats)
     if markdown:
-        lines = ["| " + " | ".join(HEADERS) + " |", "|" + "|".join("---" for _ in HEADERS) + "|"]
+        lines = ["| " + " | ".join(names) + " |", "|" + "|".join("---" for _ in names) + "|"]
         return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in body)])
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(HEADERS)]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(names)]
     fmt = "  ".join(f"{{:<{w}}}" if i == 0 else f"{{:>{w}}}" for i, w in enumerate(widths))
-    return "\n".join([fmt.format(*HEADERS), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in body)])
+    return "\n".join([fmt.format(*names), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in body)])

@@ -7,13 +7,17 @@ so the trainer never branches on "am I distributed" except through :class:`DistC
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+DIST_BN = ("reduce", "broadcast", "none")
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,25 @@ def init_distributed(device: str) -> DistContext:
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
-def shutdown(ctx: DistContext) -> None:
-    if ctx.distributed and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown(ctx: DistContext, finished: bool = True) -> None:
+    """Leave the process group and let its gloo/nccl threads end while the interpreter is still alive.
+
+    The group's worker threads drop the last reference to finished collectives (their tensors are
+    Python objects) and so need the GIL. If the group outlives the interpreter (DDP's reducer keeps
+    it alive inside reference cycles until the final garbage collection), a worker that wants the GIL
+    during finalisation is killed by the interpreter and the process aborts with "terminate called
+    without an active exception" (seen in a core dump: ``AsyncAllgatherWork`` destroyed in
+    ``ProcessGroupGloo::runLoop``, main thread in ``Py_FinalizeEx``). So: wait for every rank (no
+    connection closes under a peer still talking), destroy the group, and collect the cycles now,
+    so the group's destructor joins its threads here (torch releases the GIL for that). After a
+    failure the barrier is skipped: the other ranks may never reach it.
+    """
+    if not (ctx.distributed and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def barrier(ctx: DistContext) -> None:
@@ -85,6 +105,27 @@ def all_reduce_sum(ctx: DistContext, values: Tensor) -> Tensor:
     if ctx.distributed:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out.cpu()
+
+
+def distribute_bn(ctx: DistContext, model: nn.Module, mode: str) -> None:
+    """Make batch-norm running statistics equal on every rank (timm's ``distribute_bn``).
+
+    ``reduce`` averages each rank's running mean and variance, ``broadcast`` copies rank 0's,
+    ``none`` leaves them per rank. SyncBatchNorm (CUDA) already agrees and is left alone.
+    """
+    if not ctx.distributed or mode == "none":
+        return
+    for module in model.modules():
+        if not isinstance(module, _BatchNorm) or isinstance(module, nn.SyncBatchNorm):
+            continue
+        for buffer in (module.running_mean, module.running_var):
+            if buffer is None:
+                continue
+            if mode == "broadcast":
+                dist.broadcast(buffer, src=0)
+            else:
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer.div_(ctx.world_size)
 
 
 def all_gather_object(ctx: DistContext, obj: Any) -> list[Any]:

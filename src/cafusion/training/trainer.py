@@ -217,10 +217,8 @@ class _Run:
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def _amp_dtype(self) -> torch.dtype | None:
-        """bf16 where the GPU supports it, else fp16 with a grad scaler; on the CPU fp32 unless bf16 is asked."""
-        if self.ctx.device.type != "cuda":
-            return torch.bfloat16 if self.config.precision == "bf16" else None
-        if self.config.precision == "fp32":
+        """None (fp32) on the CPU; bf16 where the GPU supports it, else fp16 with a grad scaler."""
+        if self.ctx.device.type != "cuda" or self.config.precision == "fp32":
             return None
         if self.config.precision == "fp16":
             return torch.float16
@@ -291,10 +289,10 @@ class _Run:
         ddp.train()
         monitor.attach()
         for index in self._progress(batches, f"epoch {epoch + 1}/{cfg.epochs}"):
-            x, y, lengths = train_set.batch(index)
-            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
+            x = train_set.x[index].to(ctx.device, non_blocking=True)
+            y = train_set.y[index].to(ctx.device, non_blocking=True)
             with monitor.labels(y), self._autocast(amp_dtype):
-                logits = forward(ddp, x, lengths)
+                logits = ddp(x)
                 loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
@@ -372,10 +370,9 @@ class _Run:
         index = torch.arange(ctx.rank, len(val_set), ctx.world_size)
         per_rank = max(self.config.batch_size // ctx.world_size, 1)
         for chunk in torch.split(index, per_rank):
-            x, y, lengths = val_set.batch(chunk)
-            x, y = x.to(ctx.device), y.to(ctx.device)
+            x, y = val_set.x[chunk].to(ctx.device), val_set.y[chunk].to(ctx.device)
             with self._autocast(amp_dtype):
-                logits = forward(model, x, lengths).float()
+                logits = model(x).float()
             loss = F.cross_entropy(logits, y, reduction="sum")
             sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), sums.new_tensor(y.numel())])
         model.train()
@@ -409,12 +406,6 @@ class _Run:
         writer.writeheader()
         writer.writerows(self.history)
         atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
-
-
-def forward(model: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
-    """model(x), with the series' lengths for variable-length data (small_cnn, fcn, resnet take them)."""
-    out: Tensor = model(x) if lengths is None else model(x, lengths=lengths.to(x.device))
-    return out
 
 
 def tensor_digests(model: nn.Module) -> dict[str, str]:
