@@ -3,6 +3,9 @@
 Everything is read up front so that a bad file fails the run before the first step, with its name,
 rather than mid-epoch. The whole set is held as two tensors; this suits the small and medium data
 sets this trainer is for, and it makes the per-epoch order a pure function of (seed, epoch).
+
+Variable-length series (N, C, L_i) are held zero-padded to the longest, with their ``lengths``; a
+batch is cut to its own longest series (``batch``) and the model gets the lengths.
 """
 
 from __future__ import annotations
@@ -26,11 +29,15 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Samples ``x`` (N, C, *spatial) float32 and labels ``y`` (N,) int64 in 0..num_classes-1."""
+    """Samples ``x`` (N, C, *spatial) float32 and labels ``y`` (N,) int64 in 0..num_classes-1.
+
+    ``lengths`` (N,) int64, for series of unequal lengths: x is zero-padded at the end to the longest.
+    """
 
     x: Tensor
     y: Tensor
     classes: tuple[str, ...]
+    lengths: Tensor | None = None
 
     @property
     def num_classes(self) -> int:
@@ -48,7 +55,17 @@ class Dataset:
         return int(self.x.shape[0])
 
     def subset(self, index: Tensor) -> Dataset:
-        return Dataset(self.x[index], self.y[index], self.classes)
+        return Dataset(
+            self.x[index], self.y[index], self.classes, None if self.lengths is None else self.lengths[index]
+        )
+
+    def batch(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(x, y, lengths) of the samples ``index``; padded series are cut to the batch's longest."""
+        if self.lengths is None:
+            return self.x[index], self.y[index], None
+        lengths = self.lengths[index]
+        longest = int(lengths.max()) if lengths.numel() else self.x.shape[-1]
+        return self.x[index, ..., :longest], self.y[index], lengths
 
 
 def load_dataset(path: str | Path) -> Dataset:
@@ -127,7 +144,9 @@ def _read_image(path: Path, rgb: bool = False) -> np.ndarray:
 
 
 def _load_tensor_file(path: Path) -> Dataset:
-    raw_x, raw_y = _read_npz(path) if path.suffix.lower() == ".npz" else _read_pt(path)
+    raw_x, raw_y, raw_lengths = _read_npz(path) if path.suffix.lower() == ".npz" else _read_pt(path)
+    if isinstance(raw_x, list):
+        raw_x, raw_lengths = _pad_series(path, raw_x)
     x = raw_x.to(torch.float32)
     if x.dim() < 3:
         raise DataError(
@@ -148,31 +167,110 @@ def _load_tensor_file(path: Path) -> Dataset:
     present = int(torch.unique(y).numel())
     if present < 2:
         raise DataError(f"{str(path)!r}: y must hold at least 2 classes, found {present}")
-    return Dataset(x, y, tuple(str(i) for i in range(num_classes)))
+    lengths = None if raw_lengths is None else _check_lengths(path, raw_lengths, x)
+    return Dataset(x, y, tuple(str(i) for i in range(num_classes)), lengths)
 
 
-def _read_npz(path: Path) -> tuple[Tensor, Tensor]:
+def _check_lengths(path: Path, lengths: Tensor, x: Tensor) -> Tensor:
+    """``lengths`` of a padded (N, C, Lmax) ``x``: integers in [1, Lmax], one per sample."""
+    if x.dim() != 3:
+        raise DataError(f"{str(path)!r}: lengths need x of shape (N, C, L) (series), got {tuple(x.shape)}")
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise DataError(f"{str(path)!r}: lengths must hold integer (absolute) lengths, got dtype {lengths.dtype}")
+    if tuple(lengths.shape) != (x.shape[0],):
+        raise DataError(f"{str(path)!r}: lengths must have shape ({x.shape[0]},), got {tuple(lengths.shape)}")
+    lengths = lengths.to(torch.int64)
+    bad = (lengths < 1) | (lengths > x.shape[2])
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise DataError(
+            f"{str(path)!r}: lengths must lie in [1, {x.shape[2]}] (x's last dim), sample {i} has {int(lengths[i])}"
+        )
+    return lengths
+
+
+def _pad_series(path: Path, series: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """A list of (C, L_i) series -> x zero-padded to (N, C, max L_i) and lengths (N,)."""
+    if not series:
+        raise DataError(f"{str(path)!r}: the list of series is empty")
+    for i, s in enumerate(series):
+        if s.dim() != 2 or s.shape[1] < 1 or s.is_complex() or s.dtype == torch.bool:
+            raise DataError(
+                f"{str(path)!r}: series {i} must be a real (C, L) tensor with L >= 1, got {s.dtype} {tuple(s.shape)}"
+            )
+        if s.shape[0] != series[0].shape[0]:
+            raise DataError(f"{str(path)!r}: series {i} has {s.shape[0]} channels, series 0 has {series[0].shape[0]}")
+    channels = series[0].shape[0]
+    lengths = torch.tensor([s.shape[1] for s in series], dtype=torch.int64)
+    x = torch.zeros(len(series), channels, int(lengths.max()), dtype=torch.float32)
+    for i, s in enumerate(series):
+        x[i, :, : s.shape[1]] = s
+    return x, lengths
+
+
+Raw = tuple["Tensor | list[Tensor]", Tensor, "Tensor | None"]  # x (or a list of series), y, lengths
+
+
+def _read_npz(path: Path) -> Raw:
+    """``x`` and ``y`` (and optionally ``lengths``), or unequal-length series ``x_0``, ``x_1``, ... and ``y``."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            missing = [k for k in ("x", "y") if k not in archive.files]
-            if missing:
-                raise DataError(f"{str(path)!r} must hold arrays 'x' and 'y', has {sorted(archive.files)}")
-            x, y = archive["x"], archive["y"]
+            names = _npz_layout(path, archive.files)
+            arrays = [archive[k] for k in names]
+            y = archive["y"]
+            lengths = archive["lengths"] if "lengths" in archive.files else None
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"cannot read {str(path)!r} as .npz: {exc}") from None
-    if x.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
-        raise DataError(f"{str(path)!r}: x and y must be numeric arrays, got {x.dtype} and {y.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+    for name, a in [*zip(names, arrays, strict=True), ("y", y), ("lengths", lengths)]:
+        if a is not None and a.dtype.kind not in "biuf":
+            raise DataError(f"{str(path)!r}: {name} must be a numeric array, got {a.dtype}")
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    raw_lengths = None if lengths is None else torch.from_numpy(np.ascontiguousarray(lengths))
+    return (tensors[0] if names == ["x"] else tensors), torch.from_numpy(np.ascontiguousarray(y)), raw_lengths
 
 
-def _read_pt(path: Path) -> tuple[Tensor, Tensor]:
+def _npz_layout(path: Path, files: list[str]) -> list[str]:
+    """The x keys: ``["x"]`` (+ optional ``lengths``), or ``x_0 .. x_{N-1}`` (one series each, no gaps)."""
+    series = [k for k in files if k.startswith("x_") and k[2:].isdigit()]
+    if "y" not in files or ("x" in files) == bool(series):
+        raise DataError(
+            f"{str(path)!r} must hold arrays 'x' and 'y' (+ optional 'lengths'), or series arrays 'x_0', 'x_1', "
+            f"... and 'y'; has {sorted(files)}"
+        )
+    if "x" in files:
+        return ["x"]
+    if "lengths" in files:
+        raise DataError(f"{str(path)!r}: series 'x_0', 'x_1', ... carry their own lengths; drop 'lengths'")
+    expected = [f"x_{i}" for i in range(len(series))]
+    if sorted(series) != sorted(expected):
+        raise DataError(
+            f"{str(path)!r}: series keys must be x_0 .. x_{len(series) - 1} without gaps, got {sorted(series)}"
+        )
+    return expected
+
+
+def _read_pt(path: Path) -> Raw:
+    """A dict with ``x`` (a tensor, or a list of (C, L_i) tensors) and ``y`` (+ optional ``lengths``)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises many kinds (pickle, zip, unpickling policy)
         raise DataError(f"cannot read {str(path)!r} as a .pt file: {exc}".splitlines()[0]) from None
-    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), Tensor) for k in ("x", "y")):
+    x = obj.get("x") if isinstance(obj, dict) else None
+    ragged = isinstance(x, list) and all(isinstance(s, Tensor) for s in x)
+    lengths = obj.get("lengths") if isinstance(obj, dict) else None
+    if (
+        not (isinstance(x, Tensor) or ragged)
+        or not isinstance(obj.get("y"), Tensor)
+        or not isinstance(lengths, (Tensor, type(None)))
+    ):
         got = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
-        raise DataError(f"{str(path)!r} must hold a dict with tensors 'x' and 'y', got {got}")
-    return obj["x"], obj["y"]
+        raise DataError(
+            f"{str(path)!r} must hold a dict with tensors 'x' and 'y' (x may be a list of (C, L) series; "
+            f"+ optional tensor 'lengths'), got {got}"
+        )
+    if ragged and lengths is not None:
+        raise DataError(f"{str(path)!r}: a list of series carries its own lengths; drop 'lengths'")
+    assert isinstance(x, (Tensor, list))
+    return x, obj["y"], lengths

@@ -10,10 +10,6 @@ the same steps as a run with one (up to float summation order). Three things mak
 * the model has no cross-sample statistics that differ per process (``--norm group|none``, or
   SyncBatchNorm, which this trainer switches on under DDP on CUDA).
 
-Batch norm on the CPU (SyncBatchNorm has no CPU kernels) normalises each process's share of the
-batch by that share's statistics, so N processes train close to, not exactly like, one process;
-its running statistics are made equal across ranks at the end of every epoch (``--dist-bn``).
-
 A checkpoint is written after every epoch, atomically, with optimizer, grad-scaler and RNG states,
 so ``--resume`` repeats nothing and skips nothing.
 """
@@ -25,7 +21,6 @@ import csv
 import hashlib
 import io
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -66,10 +61,6 @@ class TrainResult:
     rank: int = 0
 
 
-class ReplicasDiffer(RuntimeError):
-    """The processes of a finished run hold different parameters: a real fault, never expected."""
-
-
 class TrainInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; carries the last complete checkpoint so the CLI can say how to resume."""
 
@@ -83,13 +74,10 @@ def train(config: TrainConfig, printer: Printer = print) -> TrainResult:
     """Run ``config`` in this process (joining the torchrun group if launched by torchrun)."""
     config.validate()
     ctx = dist_utils.init_distributed(config.device)
-    finished = False
     try:
-        result = _Run(config, ctx, printer if ctx.is_main else (lambda _: None)).run()
-        finished = True
-        return result
+        return _Run(config, ctx, printer if ctx.is_main else (lambda _: None)).run()
     finally:
-        dist_utils.shutdown(ctx, finished)
+        dist_utils.shutdown(ctx)
 
 
 class _Run:
@@ -114,7 +102,6 @@ class _Run:
                 f"run folder {str(self.out)!r} already holds a checkpoint; continue it with --resume, "
                 "or pick another --out"
             )
-        prepare_out(self.out, ctx.rank)
         data = load_dataset(cfg.data)
         train_set, val_set = split_dataset(data, cfg.val_fraction, cfg.seed)
         if cfg.batch_size > len(train_set):
@@ -174,34 +161,17 @@ class _Run:
         return TrainResult(self.out, cfg.epochs, self.history, self.last_checkpoint, ctx.rank)
 
     def _check_ranks_agree(self, model: nn.Module) -> None:
-        """Each rank hashes its own final weights; rank 0 records them (ranks.json) and reports a mismatch.
+        """Each rank hashes its own final weights; rank 0 records them (ranks.json) and refuses a mismatch.
 
-        DDP keeps parameters identical by construction; this makes that observable, and catches a
-        rank that silently trained on something else (ReplicasDiffer: a failed run, checkpoints kept).
-        Buffers alone differ only with ``--dist-bn none`` (per-rank batch-norm statistics): one
-        warning line, since that is what the option asks for.
+        DDP keeps replicas identical by construction; this makes that observable, and catches a rank
+        that silently trained on something else.
         """
-        per_key = dist_utils.all_gather_object(self.ctx, tensor_digests(model))
-        digests = [state_digest_of(d) for d in per_key]
+        digests = dist_utils.all_gather_object(self.ctx, state_digest(model))
         if self.ctx.is_main:
             info = {"world_size": self.ctx.world_size, "state_sha256": digests}
             atomic_write_text(self.out / "ranks.json", json.dumps(info, indent=2) + "\n")
-        differ = [key for key in per_key[0] if len({d.get(key) for d in per_key}) > 1]
-        if not differ:
-            return
-        params = {name for name, _ in model.named_parameters()}
-        where = f"{', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}"
-        kept = f"the checkpoints in {str(self.out)!r} hold rank 0's copy"
-        if any(key in params for key in differ):
-            raise ReplicasDiffer(
-                f"the {self.ctx.world_size} processes ended with different parameters ({where}); {kept}"
-            )
-        if self.ctx.is_main:
-            print(
-                f"cafusion: warning: the processes ended with different buffers ({where}), as --dist-bn "
-                f"{self.config.dist_bn} leaves batch-norm statistics per process; {kept}",
-                file=sys.stderr,
-            )
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"the {self.ctx.world_size} processes ended with different weights: {digests}")
 
     def _checkpoint_on_disk(self) -> Path | None:
         """The checkpoint ``latest.json`` names: the truth even if Ctrl-C hit between the rename and our bookkeeping."""
@@ -289,10 +259,10 @@ class _Run:
         ddp.train()
         monitor.attach()
         for index in self._progress(batches, f"epoch {epoch + 1}/{cfg.epochs}"):
-            x = train_set.x[index].to(ctx.device, non_blocking=True)
-            y = train_set.y[index].to(ctx.device, non_blocking=True)
+            x, y, lengths = train_set.batch(index)
+            x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
             with monitor.labels(y), self._autocast(amp_dtype):
-                logits = ddp(x)
+                logits = forward(ddp, x, lengths)
                 loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
@@ -302,7 +272,6 @@ class _Run:
                 correct = (logits.argmax(1) == y).sum()
                 sums += torch.stack([loss.detach().double() * y.numel(), correct.double(), sums.new_tensor(y.numel())])
         monitor.detach()
-        dist_utils.distribute_bn(ctx, model, cfg.dist_bn)  # before validation and the checkpoint
         blocks = [s.as_dict() for s in monitor.step()]
         train_loss, train_acc, seen = _means(dist_utils.all_reduce_sum(ctx, sums))
         val_loss, val_acc = self._validate(model, val_set, amp_dtype)
@@ -324,7 +293,7 @@ class _Run:
         val = "" if val_loss is None else f"  val_loss {val_loss:.4f}  val_acc {val_acc:.3f}"
         self.print(
             f"epoch {epoch + 1}/{cfg.epochs}  train_loss {train_loss:.4f}  train_acc {train_acc:.3f}{val}"
-            f"  ({duration(record['seconds'])})"
+            f"  ({record['seconds']:.1f}s)"
         )
 
     def _batches(self, n: int, epoch: int) -> list[Tensor]:
@@ -341,16 +310,12 @@ class _Run:
         return [mine[s * per_rank : (s + 1) * per_rank] for s in range(steps)]
 
     def _progress(self, batches: list[Tensor], desc: str) -> Iterator[Tensor]:
-        """A tqdm bar on an interactive stderr only: in a log, the per-epoch line is the progress."""
-        if not (self.ctx.is_main and self.config.progress and sys.stderr.isatty()):
+        if not (self.ctx.is_main and self.config.progress):
             yield from batches
             return
-        try:
-            from tqdm import tqdm
-        except ImportError:  # tqdm is an extra (demo); without it the per-epoch lines remain
-            yield from batches
-            return
-        yield from tqdm(batches, desc=desc, leave=False, unit="step", file=sys.stderr)
+        from tqdm.auto import tqdm
+
+        yield from tqdm(batches, desc=desc, leave=False, unit="step")
 
     def _autocast(self, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
         if amp_dtype is None:
@@ -370,9 +335,10 @@ class _Run:
         index = torch.arange(ctx.rank, len(val_set), ctx.world_size)
         per_rank = max(self.config.batch_size // ctx.world_size, 1)
         for chunk in torch.split(index, per_rank):
-            x, y = val_set.x[chunk].to(ctx.device), val_set.y[chunk].to(ctx.device)
+            x, y, lengths = val_set.batch(chunk)
+            x, y = x.to(ctx.device), y.to(ctx.device)
             with self._autocast(amp_dtype):
-                logits = model(x).float()
+                logits = forward(model, x, lengths).float()
             loss = F.cross_entropy(logits, y, reduction="sum")
             sums += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(), sums.new_tensor(y.numel())])
         model.train()
@@ -408,40 +374,19 @@ class _Run:
         atomic_write_text(self.out / "metrics.csv", buffer.getvalue())
 
 
-def tensor_digests(model: nn.Module) -> dict[str, str]:
-    """SHA-256 of each tensor of the state dict (raw bytes): equal iff bit-identical."""
-    return {
-        key: hashlib.sha256(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
-        for key, value in model.state_dict().items()
-    }
-
-
-def state_digest_of(digests: dict[str, str]) -> str:
-    """One SHA-256 over the per-tensor digests, in key order."""
-    return hashlib.sha256("".join(f"{k}:{v};" for k, v in digests.items()).encode()).hexdigest()
+def forward(model: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
+    """model(x), with the series' lengths for variable-length data (small_cnn, fcn, resnet take them)."""
+    out: Tensor = model(x) if lengths is None else model(x, lengths=lengths.to(x.device))
+    return out
 
 
 def state_digest(model: nn.Module) -> str:
-    """SHA-256 of the whole state dict: equal iff every tensor is bit-identical."""
-    return state_digest_of(tensor_digests(model))
-
-
-def prepare_out(out: Path, rank: int) -> None:
-    """Create the run folder and prove it is writable before any data is read (each rank probes)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file, not a folder; pick a folder for the run")
-    probe = out / f".write-test-{rank}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"--out {str(out)!r}: cannot write to the run folder ({exc.strerror or exc})") from None
-
-
-def duration(seconds: float) -> str:
-    """``0.042`` -> ``42 ms``, ``3.14`` -> ``3.1 s``: sub-second epochs do not read ``0.0s``."""
-    return f"{1000 * seconds:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+    """SHA-256 of every tensor in the state dict (key order, raw bytes): equal iff bit-identical."""
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _means(sums: Tensor) -> tuple[float, float, float]:

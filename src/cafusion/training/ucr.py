@@ -7,8 +7,8 @@ al. 2019 (a constant channel becomes zeros).
 
 Unequal-length sets (JapaneseVowels) are zero-padded at the end to the longest series, after each
 series is normalised over its own valid length. ``UCRData.lengths_*`` keep the true lengths and
-``padded`` says that padding happened, so a model that takes lengths (the "Variable-length
-sequences" issue) can use them instead; until then the padding is part of the input.
+``padded`` says that padding happened; the ``Dataset``s then carry the lengths too, so ``cafusion
+train`` cuts each batch to its longest series and gives the model the lengths (masked pooling).
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ def load_ucr(name: str, znorm: bool = True) -> UCRData:
     index = {c: i for i, c in enumerate(classes)}
     return UCRData(
         name=match,
-        train=Dataset(x_train, _labels(y_train, index), classes),
-        test=Dataset(x_test, _labels(y_test, index), classes),
+        train=Dataset(x_train, _labels(y_train, index), classes, len_train if padded else None),
+        test=Dataset(x_test, _labels(y_test, index), classes, len_test if padded else None),
         lengths_train=len_train,
         lengths_test=len_test,
         padded=padded,
