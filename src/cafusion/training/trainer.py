@@ -10,6 +10,10 @@ the same steps as a run with one (up to float summation order). Three things mak
 * the model has no cross-sample statistics that differ per process (``--norm group|none``, or
   SyncBatchNorm, which this trainer switches on under DDP on CUDA).
 
+Batch norm on the CPU (SyncBatchNorm has no CPU kernels) normalises each process's share of the
+batch by that share's statistics, so N processes train close to, not exactly like, one process;
+its running statistics are made equal across ranks at the end of every epoch (``--dist-bn``).
+
 A checkpoint is written after every epoch, atomically, with optimizer, grad-scaler and RNG states,
 so ``--resume`` repeats nothing and skips nothing.
 """
@@ -21,6 +25,7 @@ import csv
 import hashlib
 import io
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,6 +66,10 @@ class TrainResult:
     rank: int = 0
 
 
+class ReplicasDiffer(RuntimeError):
+    """The processes of a finished run hold different parameters: a real fault, never expected."""
+
+
 class TrainInterrupted(KeyboardInterrupt):
     """Ctrl-C during training; carries the last complete checkpoint so the CLI can say how to resume."""
 
@@ -74,10 +83,13 @@ def train(config: TrainConfig, printer: Printer = print) -> TrainResult:
     """Run ``config`` in this process (joining the torchrun group if launched by torchrun)."""
     config.validate()
     ctx = dist_utils.init_distributed(config.device)
+    finished = False
     try:
-        return _Run(config, ctx, printer if ctx.is_main else (lambda _: None)).run()
+        result = _Run(config, ctx, printer if ctx.is_main else (lambda _: None)).run()
+        finished = True
+        return result
     finally:
-        dist_utils.shutdown(ctx)
+        dist_utils.shutdown(ctx, finished)
 
 
 class _Run:
@@ -102,6 +114,7 @@ class _Run:
                 f"run folder {str(self.out)!r} already holds a checkpoint; continue it with --resume, "
                 "or pick another --out"
             )
+        prepare_out(self.out, ctx.rank)
         data = load_dataset(cfg.data)
         train_set, val_set = split_dataset(data, cfg.val_fraction, cfg.seed)
         if cfg.batch_size > len(train_set):
@@ -161,17 +174,34 @@ class _Run:
         return TrainResult(self.out, cfg.epochs, self.history, self.last_checkpoint, ctx.rank)
 
     def _check_ranks_agree(self, model: nn.Module) -> None:
-        """Each rank hashes its own final weights; rank 0 records them (ranks.json) and refuses a mismatch.
+        """Each rank hashes its own final weights; rank 0 records them (ranks.json) and reports a mismatch.
 
-        DDP keeps replicas identical by construction; this makes that observable, and catches a rank
-        that silently trained on something else.
+        DDP keeps parameters identical by construction; this makes that observable, and catches a
+        rank that silently trained on something else (ReplicasDiffer: a failed run, checkpoints kept).
+        Buffers alone differ only with ``--dist-bn none`` (per-rank batch-norm statistics): one
+        warning line, since that is what the option asks for.
         """
-        digests = dist_utils.all_gather_object(self.ctx, state_digest(model))
+        per_key = dist_utils.all_gather_object(self.ctx, tensor_digests(model))
+        digests = [state_digest_of(d) for d in per_key]
         if self.ctx.is_main:
             info = {"world_size": self.ctx.world_size, "state_sha256": digests}
             atomic_write_text(self.out / "ranks.json", json.dumps(info, indent=2) + "\n")
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"the {self.ctx.world_size} processes ended with different weights: {digests}")
+        differ = [key for key in per_key[0] if len({d.get(key) for d in per_key}) > 1]
+        if not differ:
+            return
+        params = {name for name, _ in model.named_parameters()}
+        where = f"{', '.join(differ[:3])}{' ...' if len(differ) > 3 else ''}"
+        kept = f"the checkpoints in {str(self.out)!r} hold rank 0's copy"
+        if any(key in params for key in differ):
+            raise ReplicasDiffer(
+                f"the {self.ctx.world_size} processes ended with different parameters ({where}); {kept}"
+            )
+        if self.ctx.is_main:
+            print(
+                f"cafusion: warning: the processes ended with different buffers ({where}), as --dist-bn "
+                f"{self.config.dist_bn} leaves batch-norm statistics per process; {kept}",
+                file=sys.stderr,
+            )
 
     def _checkpoint_on_disk(self) -> Path | None:
         """The checkpoint ``latest.json`` names: the truth even if Ctrl-C hit between the rename and our bookkeeping."""
@@ -187,8 +217,10 @@ class _Run:
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def _amp_dtype(self) -> torch.dtype | None:
-        """None (fp32) on the CPU; bf16 where the GPU supports it, else fp16 with a grad scaler."""
-        if self.ctx.device.type != "cuda" or self.config.precision == "fp32":
+        """bf16 where the GPU supports it, else fp16 with a grad scaler; on the CPU fp32 unless bf16 is asked."""
+        if self.ctx.device.type != "cuda":
+            return torch.bfloat16 if self.config.precision == "bf16" else None
+        if self.config.precision == "fp32":
             return None
         if self.config.precision == "fp16":
             return torch.float16
@@ -272,6 +304,7 @@ class _Run:
                 correct = (logits.argmax(1) == y).sum()
                 sums += torch.stack([loss.detach().double() * y.numel(), correct.double(), sums.new_tensor(y.numel())])
         monitor.detach()
+        dist_utils.distribute_bn(ctx, model, cfg.dist_bn)  # before validation and the checkpoint
         blocks = [s.as_dict() for s in monitor.step()]
         train_loss, train_acc, seen = _means(dist_utils.all_reduce_sum(ctx, sums))
         val_loss, val_acc = self._validate(model, val_set, amp_dtype)
@@ -293,7 +326,7 @@ class _Run:
         val = "" if val_loss is None else f"  val_loss {val_loss:.4f}  val_acc {val_acc:.3f}"
         self.print(
             f"epoch {epoch + 1}/{cfg.epochs}  train_loss {train_loss:.4f}  train_acc {train_acc:.3f}{val}"
-            f"  ({record['seconds']:.1f}s)"
+            f"  ({duration(record['seconds'])})"
         )
 
     def _batches(self, n: int, epoch: int) -> list[Tensor]:
@@ -310,12 +343,16 @@ class _Run:
         return [mine[s * per_rank : (s + 1) * per_rank] for s in range(steps)]
 
     def _progress(self, batches: list[Tensor], desc: str) -> Iterator[Tensor]:
-        if not (self.ctx.is_main and self.config.progress):
+        """A tqdm bar on an interactive stderr only: in a log, the per-epoch line is the progress."""
+        if not (self.ctx.is_main and self.config.progress and sys.stderr.isatty()):
             yield from batches
             return
-        from tqdm.auto import tqdm
-
-        yield from tqdm(batches, desc=desc, leave=False, unit="step")
+        try:
+            from tqdm import tqdm
+        except ImportError:  # tqdm is an extra (demo); without it the per-epoch lines remain
+            yield from batches
+            return
+        yield from tqdm(batches, desc=desc, leave=False, unit="step", file=sys.stderr)
 
     def _autocast(self, amp_dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
         if amp_dtype is None:
@@ -380,13 +417,40 @@ def forward(model: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
     return out
 
 
+def tensor_digests(model: nn.Module) -> dict[str, str]:
+    """SHA-256 of each tensor of the state dict (raw bytes): equal iff bit-identical."""
+    return {
+        key: hashlib.sha256(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+        for key, value in model.state_dict().items()
+    }
+
+
+def state_digest_of(digests: dict[str, str]) -> str:
+    """One SHA-256 over the per-tensor digests, in key order."""
+    return hashlib.sha256("".join(f"{k}:{v};" for k, v in digests.items()).encode()).hexdigest()
+
+
 def state_digest(model: nn.Module) -> str:
-    """SHA-256 of every tensor in the state dict (key order, raw bytes): equal iff bit-identical."""
-    digest = hashlib.sha256()
-    for key, value in model.state_dict().items():
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """SHA-256 of the whole state dict: equal iff every tensor is bit-identical."""
+    return state_digest_of(tensor_digests(model))
+
+
+def prepare_out(out: Path, rank: int) -> None:
+    """Create the run folder and prove it is writable before any data is read (each rank probes)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder; pick a folder for the run")
+    probe = out / f".write-test-{rank}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {str(out)!r}: cannot write to the run folder ({exc.strerror or exc})") from None
+
+
+def duration(seconds: float) -> str:
+    """``0.042`` -> ``42 ms``, ``3.14`` -> ``3.1 s``: sub-second epochs do not read ``0.0s``."""
+    return f"{1000 * seconds:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def _means(sums: Tensor) -> tuple[float, float, float]:
