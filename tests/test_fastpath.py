@@ -92,6 +92,15 @@ def test_channels_last_outputs_and_gradients_keep_the_memory_format(shape: tuple
     assert fast["grad_x"].is_contiguous(memory_format=fmt)
 
 
+@pytest.mark.parametrize("shape", [(2, 16, 5, 6), (2, 16, 3, 4, 6)], ids=["2d", "3d"])
+def test_spatial_dims_that_do_not_flatten_into_a_view(shape: tuple[int, ...]) -> None:
+    """Transposed spatial dims (no unit stride along the last one): a layout test_backends.py does not
+    build (its strided maps still flatten), where the op must copy before its passes."""
+    x = torch.randn(shape, dtype=torch.float64).transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert not x.flatten(2)._is_view()  # flatten has to copy
+    compare(make(fusion="softmax", learnable_temperature=True), x)
+
+
 @pytest.mark.parametrize("upstream", ["all", "ca"])
 def test_ties_in_the_max_send_the_gradient_to_the_first_position(upstream: str) -> None:
     x = torch.relu(torch.randn(2, 16, 6, 6, dtype=torch.float64))  # post-ReLU zeros
@@ -306,12 +315,26 @@ def test_functorch_transforms_fall_back() -> None:
 
 
 def test_torch_compile_fullgraph_forward_and_backward() -> None:
-    """aot_eager traces through dynamo and AOTAutograd with the fake kernels (inductor codegen is slow here)."""
+    """Dynamo and AOTAutograd trace the op with its fake kernels and autograd formula (eager graphs: inductor
+    codegen is slow here): the forward graph holds caft_forward, the backward graph caft_backward, and
+    neither the composite's pooling."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs: list[str] = []
+
+    def keep(gm: torch.fx.GraphModule, example_inputs: list[Tensor]) -> Callable[..., Any]:
+        graphs.append(gm.code)
+        return gm.forward
+
     block = make(dtype=torch.float32, learnable_temperature=True)
-    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(block, fullgraph=True, backend=aot_autograd(fw_compiler=keep, bw_compiler=keep))
     x = torch.randn(2, 16, 5, 5)
     got = run(block, x, "fast", call=compiled)
     assert_same(got, run(block, x, "reference"), torch.float32)
+    forward, backward = graphs
+    assert "cafusion.caft_forward" in forward and "caft_backward" not in forward
+    assert "cafusion.caft_backward" in backward
+    assert not any("max_pool" in g or "adaptive" in g for g in graphs)
 
 
 @pytest.mark.parametrize("impl", ["fast", "auto"])

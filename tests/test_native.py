@@ -180,12 +180,16 @@ def test_backward_takes_dy_in_any_layout(lib: ModuleType) -> None:
             assert torch.equal(a, b), i
 
 
-@pytest.mark.parametrize("layout", ["spatial_stride_2", "channels_last_every_other_channel"])
+@pytest.mark.parametrize("layout", ["spatial_stride_2", "channels_last_every_other_channel", "transposed_spatial"])
 def test_layouts_the_kernels_do_not_take_are_copied_first(lib: ModuleType, layout: str) -> None:
     """A map the passes cannot walk (no unit stride along N, not dense channels_last) is made contiguous
     first: every output and gradient equals the contiguous copy's, bit for bit."""
     big = torch.randn(2, 16, 6, 6)
-    x = big[..., ::2] if layout == "spatial_stride_2" else big.contiguous(memory_format=torch.channels_last)[:, ::2]
+    x = {
+        "spatial_stride_2": big[..., ::2],
+        "channels_last_every_other_channel": big.contiguous(memory_format=torch.channels_last)[:, ::2],
+        "transposed_spatial": big.transpose(-1, -2).contiguous().transpose(-1, -2),
+    }[layout]
     assert not x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
     params = block_params(x.shape[1])
     got = lib.forward(*opcall.forward_args(x, params, CONFIG, True))
