@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick gpu-check clean
+.PHONY: demo test lint bench bench-quick gpu-check soak clean
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m cafusion bench --quick
+
+# 30 consecutive two-process torchrun trainings on the CPU; prints the failure count (must be 0). Not CI: minutes.
+soak: $(STAMP)
+	$(PY) benchmarks/soak_torchrun.py --runs 30
 
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --out bench-results/gpu

@@ -91,7 +91,10 @@ def _error_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
         return ["--data", tmp_path / "nope"], "does not exist"
     if case == "malformed npz":
         (tmp_path / "bad.npz").write_bytes(b"garbage")
-        return ["--data", tmp_path / "bad.npz"], "cannot read"
+        return ["--data", tmp_path / "bad.npz"], "not a zip archive of .npy arrays"
+    if case == "object npz":
+        np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}] * 4, dtype=object), y=np.arange(4) % 2)
+        return ["--data", tmp_path / "obj.npz"], "object array (pickled Python objects, never loaded)"
     if case == "single class":
         write_images(imgs, classes=1)
         return ["--data", imgs], "at least 2 class sub-folders"
@@ -109,6 +112,21 @@ def _error_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
         return ["--data", data, "--epochs", "zero"], "--epochs: invalid int value"
     if case == "bad attention option":
         return ["--data", data, "--attn-opt", "reduction=0"], "reduction must be a positive int"
+    if case == "unknown attention option":
+        return ["--data", data, "--attn-opt", "nosuchopt=1"], (
+            "--attn-opt nosuchopt: not an option of --attention 'caft'; it takes act, act_layer, bias, eps, fusion,"
+        )
+    if case == "out is a file":
+        return ["--data", data, "--out", data], "--out"
+    if case == "out cannot be created":
+        return ["--data", data, "--out", "/proc/forbidden/run"], "--out '/proc/forbidden/run': cannot write"
+    if case == "missing checkpoint":
+        return ["--data", data, "--resume", tmp_path / "nowhere.safetensors"], "nowhere.safetensors' is missing"
+    if case == "empty state":
+        first = ["train", "--data", data, "--out", tmp_path / "first", "--epochs", "1", "--batch-size", "4", *TINY]
+        assert cafusion(*first).returncode == 0
+        (tmp_path / "first" / "checkpoints" / "epoch-0001.state.pt").write_bytes(b"")
+        return ["--data", data, "--resume", tmp_path / "first", "--epochs", "2"], "state.pt' is empty (0 bytes)"
     assert case == "unknown attention"
     return ["--data", data, "--attention", "nope"], "unknown attention 'nope'"
 
@@ -118,21 +136,79 @@ def _error_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
     [
         "missing path",
         "malformed npz",
+        "object npz",
         "single class",
         "unreadable image",
         "mismatched x/y",
         "bad lr",
         "bad epochs",
         "bad attention option",
+        "unknown attention option",
         "unknown attention",
+        "out is a file",
+        "out cannot be created",
+        "missing checkpoint",
+        "empty state",
     ],
 )
-def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path: Path, case: str) -> None:
+def test_bad_input_gives_one_line_and_exit_status_2(tmp_path: Path, case: str) -> None:
+    """Every unusable argument (a value, a data file, a checkpoint, the run folder) exits 2 (README)."""
     args, message = _error_case(tmp_path, case)
     epochs = [] if "--epochs" in args else ["--epochs", "1"]
-    result = cafusion("train", *args, "--out", tmp_path / "run", *epochs, "--batch-size", "4", *TINY)
-    assert message in one_error_line(result)
+    result = cafusion("train", "--out", tmp_path / "run", *args, *epochs, "--batch-size", "4", *TINY)
+    line = one_error_line(result)
+    assert message in line
+    assert result.returncode == 2, line
+    assert "allow_pickle" not in line and ".tmp" not in line
     assert not (tmp_path / "run" / "latest.json").exists()
+
+
+def test_a_write_failing_mid_run_names_the_run_folder_and_exits_1(tmp_path: Path) -> None:
+    """A failure while running (here: the disk is full when a checkpoint is written) is exit 1, one line
+    naming --out and the file, never a temporary name."""
+    data, run = write_signals(tmp_path / "sig.npz"), tmp_path / "run"
+    script = (
+        "import errno, sys\n"
+        "from cafusion.training import checkpoint\n"
+        "real = checkpoint.atomic_write\n"
+        "def full(path, write):\n"
+        "    if path.suffix == '.safetensors':\n"
+        "        def failing(f):\n"
+        "            raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "        return real(path, failing)\n"
+        "    return real(path, write)\n"
+        "checkpoint.atomic_write = full\n"
+        "from cafusion.cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    cmd = [sys.executable, "-c", script, "train", "--data", str(data), "--out", str(run), "--epochs", "1"]
+    result = subprocess.run([*cmd, "--batch-size", "4", *TINY], capture_output=True, text=True, env=ENV, timeout=120)
+    line = one_error_line(result)
+    assert result.returncode == 1
+    assert f"cannot write to the run folder --out {str(run)!r}: No space left on device" in line
+    assert "epoch-0001.safetensors" in line and ".tmp" not in line
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+def test_log_output_has_no_progress_bars_and_readable_epoch_times(tmp_path: Path) -> None:
+    """stderr is a pipe (a log): no tqdm carriage returns even without --no-progress; short epochs in ms."""
+    data = write_signals(tmp_path / "sig.npz")
+    cmd = ["train", "--data", data, "--out", tmp_path / "run", "--epochs", "2", "--batch-size", "4", "--widths", "4,8"]
+    result = cafusion(*cmd)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr and "\r" not in result.stdout
+    epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 2
+    assert all(line.endswith(" ms)") or line.endswith(" s)") for line in epoch_lines)
+    assert "(0.0s)" not in result.stdout
+
+
+def test_inspect_shows_an_image_folders_class_names(tmp_path: Path) -> None:
+    data, out = write_images(tmp_path / "imgs"), tmp_path / "run"
+    assert cafusion("train", "--data", data, "--out", out, "--epochs", "1", "--batch-size", "4", *TINY).returncode == 0
+    result = cafusion("inspect", out, "--data", data)
+    assert result.returncode == 0, result.stderr
+    assert "mean w_avg per class: c0: " in result.stdout and ", c1: " in result.stdout
 
 
 def test_checkpoint_from_another_model_is_refused(tmp_path: Path) -> None:

@@ -132,7 +132,10 @@ def _load_image_folder(root: Path) -> Dataset:
 
 def _read_image(path: Path, rgb: bool = False) -> np.ndarray:
     """Decode one image to uint8 (H, W) for grey or (H, W, 3) for colour; a bad file names itself."""
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise ImportError("reading an image folder needs Pillow: pip install 'cafusion[images]'") from None
 
     try:
         with Image.open(path) as img:
@@ -213,6 +216,8 @@ Raw = tuple["Tensor | list[Tensor]", Tensor, "Tensor | None"]  # x (or a list of
 
 def _read_npz(path: Path) -> Raw:
     """``x`` and ``y`` (and optionally ``lengths``), or unequal-length series ``x_0``, ``x_1``, ... and ``y``."""
+    if not zipfile.is_zipfile(path):  # numpy would suggest allow_pickle=True here: never for a user's file
+        raise DataError(f"cannot read {str(path)!r} as .npz: not a zip archive of .npy arrays (as np.savez writes)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = _npz_layout(path, archive.files)
@@ -222,6 +227,11 @@ def _read_npz(path: Path) -> Raw:
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        if "pickle" in str(exc):  # object arrays: loading them would run code from the file
+            raise DataError(
+                f"cannot read {str(path)!r} as .npz: x or y is an object array (pickled Python objects, "
+                "never loaded); save them as numeric arrays"
+            ) from None
         raise DataError(f"cannot read {str(path)!r} as .npz: {exc}") from None
     for name, a in [*zip(names, arrays, strict=True), ("y", y), ("lengths", lengths)]:
         if a is not None and a.dtype.kind not in "biuf":
