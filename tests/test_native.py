@@ -448,6 +448,7 @@ def test_build_native_command(tmp_path: Path) -> None:
     assert bad.returncode == 1
     notice, error = bad.stderr.strip().splitlines()  # the one-line progress notice, then the one-line error
     assert notice.startswith("cafusion: compiling the C++ CPU kernels for this machine"), bad.stderr
+    assert "build-native" not in notice  # no advice to run the command being run
     assert error.startswith("cafusion: error: could not build the native CPU kernels"), bad.stderr
     off = subprocess.run(
         [sys.executable, "-m", "cafusion", "build-native"],

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"the native kernels are switched off ({native.ENV}=0)")
     start = time.perf_counter()
     try:
-        lib = native.build(verbose=args.verbose)
-    except Exception as exc:  # compiler or ninja missing, or a failing build
-        raise CLIError(f"could not build the native CPU kernels: {str(exc).strip().splitlines()[0]}") from None
+        lib = native.build(verbose=args.verbose, advice=False)
+    except Exception as exc:  # compiler or ninja missing, or a failing build: the compiler's first error line
+        raise CLIError(f"could not build the native CPU kernels: {native._build_error(exc)}") from None
     print(f"cafusion: native CPU kernels ready ({lib.__file__}, {time.perf_counter() - start:.1f} s)")
     return 0

@@ -75,7 +75,7 @@ def build_dir() -> Path:
     return Path(root) / build_name()
 
 
-def build(verbose: bool = False) -> ModuleType:
+def build(verbose: bool = False, advice: bool = True) -> ModuleType:
     """Import the compiled extension, compiling it first if this build is not in the cache yet; raises
     when it cannot be built.
 
@@ -94,9 +94,9 @@ def build(verbose: bool = False) -> ModuleType:
     finally:
         quiet.setLevel(level)
     _find_ninja()
+    hint = f"; 'cafusion build-native' does it ahead of time, {ENV}=0 skips it" if advice else ""
     print(
-        "cafusion: compiling the C++ CPU kernels for this machine, once (about 30-60 s); "
-        f"'cafusion build-native' does it ahead of time, {ENV}=0 skips it",
+        f"cafusion: compiling the C++ CPU kernels for this machine, once (about 30-60 s){hint}",
         file=sys.stderr,
         flush=True,
     )
