@@ -68,3 +68,65 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         assert a["train_samples"] == b["train_samples"] == 24
         for field in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert b[field] == pytest.approx(a[field], rel=1e-5, abs=1e-6), field
+
+
+def _torchrun(out: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cafusion"]
+    cmd += ["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--batch-size", "8"]
+    cmd += ["--widths", "4,8", "--no-progress", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=300)
+
+
+def test_default_options_with_batch_norm_finish_cleanly(tmp_path: Path) -> None:
+    """Default --norm batch on the CPU: running statistics are averaged every epoch (--dist-bn reduce), so
+    both replicas end equal and the run ends with exit 0, no traceback, no abort at exit; with
+    --dist-bn none they differ in the buffers only: one warning line, still exit 0, checkpoints kept."""
+    rng = np.random.default_rng(0)
+    y = np.arange(32) % 2
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((32, 2, 6, 6)).astype(np.float32) + y[:, None, None, None], y=y)
+
+    result = _torchrun(tmp_path / "reduce", tmp_path / "d.npz")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Traceback" not in output and "terminate called" not in output and "error" not in result.stderr
+    ranks = json.loads((tmp_path / "reduce" / "ranks.json").read_text())
+    assert ranks["state_sha256"][0] == ranks["state_sha256"][1]
+    weights = load_checkpoint(tmp_path / "reduce").weights
+    assert any(key.endswith("running_var") for key in weights)  # batch norm was really there
+
+    result = _torchrun(tmp_path / "none", tmp_path / "d.npz", "--dist-bn", "none")
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("cafusion: warning:")]
+    assert len(warnings) == 1 and "different buffers" in warnings[0] and "running_" in warnings[0], result.stderr
+    assert "Traceback" not in result.stderr
+    ranks = json.loads((tmp_path / "none" / "ranks.json").read_text())
+    assert ranks["state_sha256"][0] != ranks["state_sha256"][1]
+    assert load_checkpoint(tmp_path / "none").epoch == 2
+
+
+def _bn_worker(rank: int, store: str, mode: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    from cafusion.training.distributed import DistContext, distribute_bn
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    bn = nn.BatchNorm1d(3)
+    bn.running_mean.fill_(rank + 1.0)  # rank 0: 1, rank 1: 2
+    bn.running_var.fill_(2.0 * (rank + 1))  # rank 0: 2, rank 1: 4
+    distribute_bn(DistContext(rank, 2, rank, torch.device("cpu")), nn.Sequential(bn), mode)
+    torch.save({"mean": bn.running_mean.clone(), "var": bn.running_var.clone()}, f"{out}-{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("mode", "mean", "var"), [("reduce", 1.5, 3.0), ("broadcast", 1.0, 2.0), ("none", None, None)])
+def test_distribute_bn(tmp_path: Path, mode: str, mean: float | None, var: float | None) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_bn_worker, args=(str(tmp_path / "store"), mode, str(tmp_path / "bn")), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"bn-{r}.pt") for r in range(2)]
+    for rank, stats in enumerate(got):
+        expected_mean = rank + 1.0 if mean is None else mean
+        expected_var = 2.0 * (rank + 1) if var is None else var
+        assert torch.equal(stats["mean"], torch.full((3,), expected_mean)), (mode, rank)
+        assert torch.equal(stats["var"], torch.full((3,), expected_var)), (mode, rank)
