@@ -192,6 +192,15 @@ def test_torch_compile_fullgraph_with_lengths() -> None:
     got[0].sum().backward()
 
 
+def test_inductor_inference_with_lengths_matches_eager() -> None:
+    """No gradient needed: the op's real outputs must have the fake kernel's shapes (inductor checks them)."""
+    layer = ChannelAttentionFusionTLayer(8, reduction=2)
+    x, lengths = torch.randn(3, 8, L), torch.tensor([L, 5, 3])
+    with torch.no_grad():
+        compiled = torch.compile(layer, fullgraph=True)
+        torch.testing.assert_close(compiled(x, lengths), layer(x, lengths))
+
+
 def test_torch_export_with_lengths() -> None:
     block = _block("softmax", False, "fast").float()
     x, lengths = torch.randn(3, 8, L), torch.tensor([L, 4, 7])

@@ -30,7 +30,7 @@ def pool_stats(x3: Tensor, need_index: bool, valid: Tensor | None = None) -> tup
     """
     acc = compute_dtype(x3.dtype)
     if valid is not None:
-        return _masked_stats(x3, valid, acc)
+        return _masked_stats(x3, valid, acc, need_index)
     if x3.dtype == acc:
         return _stats(x3, need_index)
     b = x3.shape[0]
@@ -62,13 +62,18 @@ def _stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | None]
     return avg, mx, idx
 
 
-def _masked_stats(x3: Tensor, valid: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+def _masked_stats(
+    x3: Tensor, valid: Tensor, acc: torch.dtype, need_index: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """pool_stats over the real positions of a padded batch (``valid`` (B, N)); padding never enters."""
     keep = valid.unsqueeze(1)
     total = torch.where(keep, x3, torch.zeros((), dtype=x3.dtype, device=x3.device)).sum(dim=2, dtype=acc)
     avg = total / valid.sum(dim=1, keepdim=True).to(acc)
     low = torch.full((), float("-inf"), dtype=x3.dtype, device=x3.device)
-    mx, idx = torch.where(keep, x3, low).max(dim=2)
+    masked = torch.where(keep, x3, low)
+    if not need_index:
+        return avg, masked.amax(dim=2).to(acc), None
+    mx, idx = masked.max(dim=2)
     return avg, mx.to(acc), idx
 
 
