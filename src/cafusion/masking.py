@@ -124,7 +124,12 @@ def current(x: Tensor) -> tuple[Tensor | None, Tensor | None]:
 
 
 def scale_lengths(lengths: Tensor, size: int, full: int | None) -> Tensor:
-    """Lengths measured on an axis of ``full`` positions, mapped onto one of ``size`` (strided layers)."""
+    """Lengths measured on an axis of ``full`` positions, mapped onto one of ``size`` (strided layers).
+
+    ceil(len * size / full) is exact for 'same'-padded strided convolutions; floor-mode pooling of an odd
+    padded length keeps fewer real positions (length 5 of 7 pooled by 2: 2, not 3), so a model with such
+    pooling passes its own exact lengths to each layer (as ``SmallCNN`` does).
+    """
     if full is None or full == size:
         return lengths.clamp(1, size)
     return torch.div(lengths * size + full - 1, full, rounding_mode="floor").clamp(1, size)
