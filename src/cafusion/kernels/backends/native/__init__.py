@@ -94,6 +94,8 @@ def build(verbose: bool = False, advice: bool = True) -> ModuleType:
     finally:
         quiet.setLevel(level)
     _find_ninja()
+    if shutil.which("ninja") is None:  # fail before announcing a compile that cannot start
+        raise RuntimeError("Ninja is required to load C++ extensions")
     hint = f"; 'cafusion build-native' does it ahead of time, {ENV}=0 skips it" if advice else ""
     print(
         f"cafusion: compiling the C++ CPU kernels for this machine, once (about 30-60 s){hint}",
