@@ -237,3 +237,31 @@ def test_bench_forwards_to_the_block_benchmark(tmp_path: Path) -> None:
     assert "1x8x4x4" in result.stdout and "ours" in result.stdout  # the benchmark's table
     written = json.loads((tmp_path / "block.json").read_text())  # written where --out said
     assert [c["shape"] for c in written["rows"]] == [[1, 8, 4, 4]]
+
+
+def test_a_failing_kernel_build_is_announced_then_one_short_warning_at_the_users_call(tmp_path: Path) -> None:
+    """First use compiles the CPU kernels: one stderr line says so before; a failing compiler gives one
+    warning with the compiler's first error line, attributed to the user's own line, and the model runs."""
+    compiler = tmp_path / "cc"
+    compiler.write_text(
+        '#!/bin/sh\n[ "$1" = --version ] && { echo "g++ (GCC) 12.2.0"; exit 0; }\n'
+        "echo 'caft_cpu.cpp:1:1: error: no such intrinsic (test compiler)' >&2\nexit 1\n"
+    )
+    compiler.chmod(0o755)
+    script = tmp_path / "user.py"
+    script.write_text(
+        "import torch\nfrom cafusion import ChannelAttentionFusionT\n"
+        "block = ChannelAttentionFusionT(16)\n"
+        "out = block(torch.randn(2, 16, 8, 8))\n"
+        "print('ok', tuple(out[0].shape if isinstance(out, tuple) else out.shape))\n"
+    )
+    env = {**_env(), "CXX": str(compiler), "CAFUSION_NATIVE_DIR": str(tmp_path / "cache")}
+    env.pop("CAFUSION_NATIVE", None)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and "ok (2, 16, 8, 8)" in result.stdout, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("cafusion: compiling the C++ CPU kernels") and "CAFUSION_NATIVE=0" in lines[0]
+    warning = next(line for line in lines if "RuntimeWarning" in line)
+    assert warning.startswith(f"{script}:4: RuntimeWarning: cafusion: the C++ CPU kernels could not be built")
+    assert "error: no such intrinsic (test compiler)" in warning and "ninja" not in warning
+    assert len(warning) < 400 and "Traceback" not in result.stderr
