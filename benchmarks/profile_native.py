@@ -140,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"torch": torch.__version__, "threads": args.threads, "cases": []}
     for text in args.shapes.split(","):
         shape = tuple(int(v) for v in text.split("x"))
-        for layout in ("contiguous", "channels_last"):
+        for layout in ("contiguous", "channels_last") if len(shape) == 4 else ("contiguous",):
             case = {"shape": text, "layout": layout, "ms": passes(shape, layout, args.repeats)}
             report["cases"].append(case)
             print(f"{text} {layout} (ms)")
             for name, value in case["ms"].items():
                 print(f"  {name:32s} {value:9.3f}")
-        if shape[0] * shape[1] * shape[2] * shape[3] <= 1 << 16:
+        if len(shape) == 4 and shape[0] * shape[1] * shape[2] * shape[3] <= 1 << 16:
             per_call = calls(shape, args.repeats)
             report["cases"].append({"shape": text, "calls_us": per_call})
             print(f"{text} per call (µs)")
