@@ -130,3 +130,43 @@ def test_distribute_bn(tmp_path: Path, mode: str, mean: float | None, var: float
         expected_var = 2.0 * (rank + 1) if var is None else var
         assert torch.equal(stats["mean"], torch.full((3,), expected_mean)), (mode, rank)
         assert torch.equal(stats["var"], torch.full((3,), expected_var)), (mode, rank)
+
+
+def _differ_worker(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    from cafusion.training.config import TrainConfig
+    from cafusion.training.distributed import DistContext
+    from cafusion.training.trainer import ReplicasDiffer, _Run
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    if rank == 1:
+        with torch.no_grad():
+            model[0].weight[0, 0] += 1.0  # a rank that trained on something else
+    run = _Run(TrainConfig(data="unused", out=out), DistContext(rank, 2, rank, torch.device("cpu")), print)
+    try:
+        run._check_ranks_agree(model)
+        outcome = "agreed"
+    except ReplicasDiffer as exc:
+        outcome = str(exc)
+    with open(f"{out}/outcome-{rank}.txt", "w") as f:
+        f.write(outcome)
+    dist.destroy_process_group()
+
+
+def test_replicas_with_different_parameters_fail_on_every_rank_in_one_line(tmp_path: Path) -> None:
+    """The check after training: rank 1's weights differ, so every rank raises ReplicasDiffer (the CLI turns it
+    into one error line and exit 1) and rank 0 has written both digests to ranks.json."""
+    import torch.multiprocessing as mp
+
+    (tmp_path / "run").mkdir()
+    mp.spawn(_differ_worker, args=(str(tmp_path / "store"), str(tmp_path / "run")), nprocs=2, join=True)
+    for rank in range(2):
+        message = (tmp_path / "run" / f"outcome-{rank}.txt").read_text()
+        assert message.startswith("the 2 processes ended with different parameters (0.weight"), message
+        assert "\n" not in message and "hold rank 0's copy" in message
+    digests = json.loads((tmp_path / "run" / "ranks.json").read_text())["state_sha256"]
+    assert len(digests) == 2 and digests[0] != digests[1]
