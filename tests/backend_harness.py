@@ -153,26 +153,6 @@ def _direct(backend: Any) -> Callable[[Case, Tensor, Params, int], dict[str, Ten
     return run
 
 
-class _Native:
-    """The native library's entry points with the backends' signature."""
-
-    def __init__(self) -> None:
-        from cafusion.kernels.backends import native
-
-        lib = native.library()
-        if lib is None:
-            raise RuntimeError("the native CPU kernels are not available (no compiler, or CAFUSION_NATIVE=0)")
-        self.lib = lib
-
-    def forward(self, x: Tensor, p: Params, *args: Any) -> tuple[Tensor, ...]:
-        *cfg, valid = args
-        return tuple(self.lib.forward(x, valid, *p, *cfg))
-
-    def backward(self, dy: Tensor, g_ca: Tensor, g_w: Tensor | None, x: Tensor, *args: Any) -> tuple[Tensor, ...]:
-        avg, mx, idx, p, *cfg, valid = args
-        return tuple(self.lib.backward(dy, g_ca, g_w, x, valid, avg, mx, idx, *p, *cfg))
-
-
 def _through_op(case: Case, x: Tensor, p: Params, seed: int) -> dict[str, Tensor | None]:
     """The registered operator through the dispatcher and autograd, as the block runs it."""
     from cafusion.kernels import op
@@ -201,7 +181,11 @@ def backend_runner(name: str) -> Callable[[Case, Tensor, Params, int], dict[str,
 
         return _direct(pytorch)
     if name == "native":
-        return _direct(_Native())
+        from cafusion.kernels.backends import native
+
+        if native.library() is None:
+            raise RuntimeError("the native CPU kernels are not available (no compiler, or CAFUSION_NATIVE=0)")
+        return _direct(native)
     if name == "triton":
         from cafusion.kernels.backends import triton
 

@@ -52,25 +52,29 @@ caft_backward = torch.ops.cafusion.caft_backward.default
 # Kernels per device
 
 
+def _any_backend(x: Tensor) -> Any:
+    """PyTorch; on the CPU the first call builds/loads the native library, which then takes over the CPU key."""
+    return native if x.is_cpu and native.library() is not None else pytorch
+
+
 def _forward_any(x: Tensor, valid: Tensor | None, *args: Any) -> tuple[Tensor, ...]:
-    """PyTorch backend; on the CPU, the first call builds/loads the native library (which takes over)."""
-    lib = native.library() if x.is_cpu else None
-    if lib is not None:
-        return tuple(lib.forward(x, valid, *args))  # type: ignore[no-any-return]
     fusion, gate, act, need_index = args[_N_PARAMS:]
-    return pytorch.forward(x, Params(*args[:_N_PARAMS]), fusion, gate, act, need_index, valid)
+    out: tuple[Tensor, ...] = _any_backend(x).forward(
+        x, Params(*args[:_N_PARAMS]), fusion, gate, act, need_index, valid
+    )
+    return out
 
 
 def _backward_any(
     dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, valid: Tensor | None, *args: Any
 ) -> tuple[Tensor, ...]:
-    lib = native.library() if x.is_cpu else None
-    if lib is not None:
-        return tuple(lib.backward(dy, g_ca, g_w, x, valid, *args))  # type: ignore[no-any-return]
     avg, mx, idx = args[:3]
     fusion, gate, act, need_x = args[3 + _N_PARAMS :]
     p = Params(*args[3 : 3 + _N_PARAMS])
-    return pytorch.backward(dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid)
+    out: tuple[Tensor, ...] = _any_backend(x).backward(
+        dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid
+    )
+    return out
 
 
 def _forward_cuda(x: Tensor, valid: Tensor | None, *args: Any) -> tuple[Tensor, ...]:

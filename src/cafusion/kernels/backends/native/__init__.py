@@ -26,11 +26,12 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
 import torch
+from torch import Tensor
 
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "caft_cpu.cpp"  # includes the headers beside it
@@ -244,6 +245,45 @@ def _caller_level() -> int:
     while frame.f_back is not None and frame.f_code.co_filename.startswith(inside):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def forward(
+    x: Tensor,
+    p: Sequence[Tensor | None],
+    fusion: str,
+    gate: str,
+    act: str,
+    need_index: bool,
+    valid: Tensor | None = None,
+) -> tuple[Tensor, ...]:
+    """The op's CPU forward in the compiled kernels, with every backend's signature (``p``: ``Params``)."""
+    return tuple(_loaded().forward(x, valid, *p, fusion, gate, act, need_index))
+
+
+def backward(
+    dy: Tensor,
+    g_ca: Tensor | None,
+    g_w: Tensor | None,
+    x: Tensor,
+    avg: Tensor,
+    mx: Tensor,
+    idx: Tensor,
+    p: Sequence[Tensor | None],
+    fusion: str,
+    gate: str,
+    act: str,
+    need_x: bool,
+    valid: Tensor | None = None,
+) -> tuple[Tensor, ...]:
+    """The op's CPU backward in the compiled kernels, with every backend's signature."""
+    return tuple(_loaded().backward(dy, g_ca, g_w, x, valid, avg, mx, idx, *p, fusion, gate, act, need_x))
+
+
+def _loaded() -> ModuleType:
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the native CPU kernels are not available (no compiler, or {ENV}=0)")
+    return lib
 
 
 def set_cache_limit(nbytes: int) -> int:
