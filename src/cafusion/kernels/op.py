@@ -8,8 +8,8 @@ The schema is defined here, once. Each dispatch key gets one kernel:
 - ``CUDA``: the Triton backend (``backends.triton``).
 - fake (Meta): output shapes, for torch.compile and torch.export.
 - ``Autograd``: the formula below (save x, the statistics and the argmax; call ``caft_backward``).
-  The native library registers the same formula in C++ for ``AutogradCPU``: through Python it costs
-  ~45 µs more per training step, more than the whole block at small 1D shapes (docs/performance.md).
+  The native library registers the same formula in C++ for ``AutogradCPU``: through Python a step costs
+  ~9 µs more than even an ``autograd.Function`` (docs/performance.md), per block and step.
 - ``AutocastCPU``/``AutocastCUDA``: run with x in its own dtype and the small path in float32 (the op
   already computes the small path in at least float32), instead of letting autocast cast x.
 
