@@ -48,7 +48,10 @@ class Case(NamedTuple):
     rank: int
     layout: str
     dtype: torch.dtype
-    padding: str = "none"  # "lengths" (valid prefix of the last dim) or "mask" (any real positions)
+    # "lengths": a valid prefix of the last dim, passed as lengths (as the block passes them: the (B,)
+    # tensor itself for 1D, a mask for 2D/3D); "prefix_mask": the same padding as a boolean mask;
+    # "mask": any real positions
+    padding: str = "none"
 
     def id(self) -> str:
         name = f"{config_id(self.config)}-{self.rank}d-{self.layout}-{self.dtype}-{self.padding}"
@@ -60,14 +63,17 @@ def cases(rank: int, layout: str, dtype: torch.dtype, padding: str = "none") -> 
 
 
 def make_valid(case: Case, seed: int) -> Tensor | None:
-    """The (B, N) mask of real positions for a padded case (every sample keeps at least one)."""
+    """The padding argument the op takes for a padded case (``masking.valid_arg``: lengths (B,) for 1D
+    lengths, else the (B, N) mask of real positions; every sample keeps at least one)."""
     if case.padding == "none":
         return None
     gen = torch.Generator().manual_seed(seed + 7)
     shape = SHAPES[case.rank]
-    if case.padding == "lengths":
+    if case.padding in ("lengths", "prefix_mask"):
         lengths = torch.randint(1, shape[-1] + 1, (shape[0],), generator=gen)
-        return masking.valid_mask(torch.empty(shape), lengths=lengths)
+        if case.padding == "prefix_mask":
+            return masking.valid_mask(torch.empty(shape), lengths=lengths)
+        return masking.valid_arg(torch.empty(shape), lengths=lengths)
     mask = torch.rand((shape[0], *shape[2:]), generator=gen) < 0.6
     mask.view(shape[0], -1)[:, 0] = True
     return masking.valid_mask(torch.empty(shape), mask=mask)
@@ -122,7 +128,7 @@ def truth(case: Case, x: Tensor, p: Params, seed: int, wide: torch.dtype | None 
     fusion, gate, act = case.config["fusion"], case.config["gate"], case.config["act"]
     if fusion == "sum":
         ps[4:8] = [None] * 4
-    valid = make_valid(case, seed)
+    valid = masking.as_mask(make_valid(case, seed), x)  # the composite takes masks only
     y, ca, w = composite.channel_attention_fusion(xs, *ps[:4], fusion, *ps[4:8], ps[8], gate, act, valid)
     w = w if w is not None else y.new_empty((x.shape[0], 0), dtype=ca.dtype)
     ca2 = ca.flatten(1)
@@ -279,9 +285,11 @@ def iter_groups() -> Iterator[tuple[int, str, torch.dtype]]:
 
 
 def iter_padded_groups() -> Iterator[tuple[int, str, torch.dtype, str]]:
-    """Padded batches: lengths and general masks, every rank, contiguous and channels-last, float64/float32."""
+    """Padded batches: lengths (as lengths and as a mask) and general masks, every rank, contiguous and
+    channels-last, float64/float32."""
     layouts = ("contiguous", "channels_last")
-    yield from itertools.product(SHAPES, layouts, (torch.float64, torch.float32), ("lengths", "mask"))
+    paddings = ("lengths", "prefix_mask", "mask")
+    yield from itertools.product(SHAPES, layouts, (torch.float64, torch.float32), paddings)
 
 
 if __name__ == "__main__":  # the Triton backend under the interpreter (tests/test_backends.py runs this)

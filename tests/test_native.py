@@ -152,6 +152,81 @@ def test_grad_ca_and_grad_input(lib: ModuleType, shape: tuple[int, ...], dtype: 
         torch.testing.assert_close(dx3, want_dx, rtol=tol, atol=tol, msg=name)
 
 
+PADDED_SHAPES = [(5, 25, 40), (4, 33, 150), (3, 16, 7), (2, 300, 20), (6, 3, 1000)]
+
+
+def padded_views(shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, Tensor]:
+    """(B, C, L) maps contiguous, channels-last ((B, L, C) permuted) and with padding values of +-1e3."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(shape, generator=gen).to(dtype)
+    return {"contiguous": x, "channels_last": x.transpose(1, 2).contiguous().transpose(1, 2)}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", PADDED_SHAPES)
+def test_pool_stats_with_lengths(lib: ModuleType, gathers: bool, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """Lengths (and the same padding as a mask) pool each row's real prefix only; padding never enters."""
+    b, _, n = shape
+    lengths = torch.randint(1, n + 1, (b,), generator=torch.Generator().manual_seed(n))
+    lengths[0] = n
+    mask = torch.arange(n) < lengths[:, None]
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 1e-3)
+    for name, x3 in padded_views(shape, dtype).items():
+        x3 = x3.clone()
+        x3.masked_fill_(~mask[:, None, :], 1e3)  # would swamp both the mean and the max
+        got = lib.pool_stats(x3, True, lengths)
+        assert torch.equal(lib.pool_stats(x3, True, lengths.int())[2], got[2]), name
+        for i, stat in enumerate(lib.pool_stats(x3, True, mask)):
+            assert torch.equal(stat, got[i]), f"{name}: mask and lengths differ"
+        for s in range(b):
+            row = x3[s, :, : int(lengths[s])].double()
+            torch.testing.assert_close(got[0][s].double(), row.mean(1), rtol=tol, atol=tol, msg=name)
+            want_max, want_idx = row.max(dim=1)
+            assert torch.equal(got[1][s].double(), want_max), name
+            assert torch.equal(got[2][s], want_idx), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", PADDED_SHAPES[:3])
+def test_grad_input_with_lengths(lib: ModuleType, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """The mean's gradient reaches real positions only, with lengths as with the same padding as a mask."""
+    b, _, n = shape
+    lengths = torch.randint(1, n + 1, (b,), generator=torch.Generator().manual_seed(n))
+    mask = torch.arange(n) < lengths[:, None]
+    for name, x3 in padded_views(shape, dtype).items():
+        dy3 = torch.randn(x3.shape).to(dtype).as_strided(x3.shape, x3.stride())
+        dy3.copy_(torch.randn(x3.shape))
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        ca, g_avg, g_max = torch.rand(shape[:2]), torch.randn(shape[:2], dtype=acc), torch.randn(shape[:2], dtype=acc)
+        _, _, idx = lib.pool_stats(x3, True, lengths)
+        got = lib.grad_input(dy3, ca, g_avg, g_max, idx, lengths)
+        want = torch_passes.grad_input(dy3, ca, g_avg, g_max, idx, mask)
+        tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(dtype, 1e-2)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol, msg=name)
+        assert torch.equal(lib.grad_input(dy3, ca, g_avg, g_max, idx, mask), got), name
+
+
+def test_kernel_checks_lengths_before_any_work() -> None:
+    """Lengths reach the CPU kernel unchecked in value (a Python check would cost more than a small
+    block's forward): the kernel refuses them with the Python side's one-line ValueError."""
+    from cafusion.kernels import op
+
+    named = dict(zip(opcall.PARAM_NAMES, block_params(8), strict=True))
+    fusion, gate, act = CONFIG
+
+    def call(x: Tensor, valid: Tensor) -> Any:
+        args = opcall.ordered(
+            op.caft_forward, x=x, valid=valid, **named, fusion=fusion, gate=gate, act=act, need_index=True
+        )
+        return op.caft_forward(*args)
+
+    for bad in (torch.tensor([3, 7]), torch.tensor([0, 2])):
+        with pytest.raises(ValueError, match=r"lengths must lie in \[1, 6\] \(the last dim of x\), got"):
+            call(torch.randn(2, 8, 6), bad)
+    with pytest.raises(ValueError, match=r"lengths need x of shape \(B, C, L\)"):
+        call(torch.randn(2, 8, 3, 6), torch.tensor([3, 2]))
+
+
 def block_params(channels: int, dtype: torch.dtype = torch.float32, **cfg: Any) -> list[Tensor | None]:
     """The nine parameters of the op (``opcall.PARAM_NAMES``) from a fresh block."""
     block = ChannelAttentionFusionT(channels, reduction=2, learnable_temperature=True, dtype=dtype, **cfg)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cafusion import masking
 from cafusion._dtypes import FLOAT_DTYPES, compute_dtype
 from cafusion.functional import composite
 from cafusion.kernels import op
@@ -71,7 +72,8 @@ def run(
     """Run the block with the implementation ``impl`` asks for; arguments already checked.
 
     ``weights``: fc1 weight/bias, fc2 weight/bias, router layer 1 weight/bias, layer 2 weight/bias.
-    ``valid``: the (B, N) mask of real positions of a padded batch, or None.
+    ``valid``: the padding of a padded batch as ``masking.valid_arg`` gives it ((B, N) mask, or (B,)
+    lengths of a (B, C, L) x, checked but for their values), or None.
     """
     fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b = weights
     assert fc1_w is not None and fc2_w is not None
@@ -84,5 +86,5 @@ def run(
         if impl == "fast":
             raise RuntimeError(f"impl='fast' cannot run here: {reason}; use impl='auto' or 'reference'")
     return composite.channel_attention_fusion(
-        x, fc1_w, fc1_b, fc2_w, fc2_b, fusion, r1_w, r1_b, r2_w, r2_b, temperature, gate, act, valid
+        x, fc1_w, fc1_b, fc2_w, fc2_b, fusion, r1_w, r1_b, r2_w, r2_b, temperature, gate, act, masking.as_mask(valid, x)
     )

@@ -54,6 +54,6 @@ def channel_attention_fusion(
     check.feature_map("x", x, fc1_weight.shape[1])
     if fusion == "softmax" and (router1_weight is None or router2_weight is None):
         raise ValueError("fusion='softmax' needs router1_weight and router2_weight (the fusion router)")
-    valid = masking.valid_mask(x, lengths, mask)
+    valid = masking.valid_arg(x, lengths, mask)  # lengths stay lengths for (B, C, L): see masking.valid_arg
     weights = [fc1_weight, fc1_bias, fc2_weight, fc2_bias, router1_weight, router1_bias, router2_weight, router2_bias]
     return dispatch.run(x, weights, temperature, fusion, gate, act, impl, valid)

@@ -13,6 +13,10 @@ The schema is defined here, once. Each dispatch key gets one kernel:
 - ``AutocastCPU``/``AutocastCUDA``: run with x in its own dtype and the small path in float32 (the op
   already computes the small path in at least float32), instead of letting autocast cast x.
 
+``valid`` is the padding of a padded batch: a (B, N) boolean mask of real positions, or the (B,)
+integer lengths of a (B, C, L) x (``cafusion.masking.valid_arg``); every kernel range-checks lengths
+before any work, and the native one pools each row's real prefix without building a mask.
+
 Only x, y, dy and dx are full-size: nothing full-size is saved for the backward but x itself.
 """
 
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cafusion import masking
 from cafusion._dtypes import compute_dtype
 from cafusion.kernels.backends import native, pytorch, triton
 from cafusion.kernels.backends.pytorch.small import Params
@@ -161,6 +166,7 @@ def differentiable_backward(x: Tensor, valid: Tensor | None, *args: Any) -> list
 
     p = Params(*args[:_N_PARAMS])
     fusion, gate, act, dy, g_ca, g_w = args[_N_PARAMS:]
+    valid = masking.as_mask(valid, x, check=False)
     with torch.enable_grad():
         y, ca, fusion_w = channel_attention_fusion(x, *p[:4], fusion, *p[4:8], p.temperature, gate, act, valid)
     pairs = [(y, dy), (ca.flatten(1), g_ca), (fusion_w, g_w)]
@@ -198,7 +204,8 @@ def run(
     x: Tensor, params: list[Tensor | None], fusion: str, gate: str, act: str, valid: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(y, ca (B, C, 1, ...), fusion_w or None) through the op; ``params`` as ``Params`` orders them,
-    ``valid`` the (B, N) mask of real positions of a padded batch (``cafusion.masking``).
+    ``valid`` the padding of a padded batch: the (B, N) mask of real positions, or the (B,) lengths of a
+    (B, C, L) x (``cafusion.masking.valid_arg``), which each kernel range-checks before any work.
 
     The first CPU call loads the native library, so that its kernels serve the call from the start.
     """

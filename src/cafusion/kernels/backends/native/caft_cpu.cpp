@@ -77,6 +77,10 @@ Out6 forward_cpu(const Tensor& x_in, const OptTensor& valid, const Tensor& fc1_w
                  c10::string_view act, bool need_index) {
   const Config cfg = config_of(fusion, gate, act);
   const Params p = params_from(fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature);
+  if (is_lengths(valid)) {  // lengths are checked here, before any work (the Python side only checks types)
+    TORCH_CHECK_VALUE(x_in.dim() == 3, "lengths need x of shape (B, C, L), got ", x_in.dim(), " dims; pass a mask");
+    checked_lengths(*valid, x_in.size(0), x_in.size(2));
+  }
   const Tensor x = usable(x_in);
   const Tensor x3 = x.flatten(2);
   std::vector<Tensor> stats = pool_stats(x3, need_index, valid);
@@ -129,7 +133,10 @@ Out10 backward_cpu(const Tensor& dy_in, const OptTensor& g_ca, const OptTensor& 
     TORCH_CHECK(idx.numel() == avg.numel(), "cafusion: the forward ran without the argmax but x needs a gradient");
     const auto stat = avg_in.scalar_type();
     // the mean's gradient spreads over the real positions: 1 / count per sample (count = N without a mask)
-    const Tensor g_avg = valid.has_value() ? g[0] / valid->sum(1, true).to(g[0].scalar_type()) : g[0] / x3.size(2);
+    const Tensor count = !valid.has_value() ? Tensor()
+                         : is_lengths(valid)  ? valid->to(g[0].scalar_type()).unsqueeze(1)
+                                              : valid->sum(1, true).to(g[0].scalar_type());
+    const Tensor g_avg = count.defined() ? g[0] / count : g[0] / x3.size(2);
     dx = grad_input(dy, cast(ca, x3.scalar_type()), cast(g_avg, stat), cast(g[1], stat), idx, valid);
   }
   auto grad = [&](size_t i) { return g[i].defined() ? g[i] : nothing(x, x.scalar_type()); };

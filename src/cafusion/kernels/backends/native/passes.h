@@ -342,9 +342,80 @@ void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
   });
 }
 
-// Padded batches: ``valid`` (B, N) bool marks the real positions. A sample whose real positions are a
-// prefix (lengths along the last dim, the usual case) pools its rows' prefixes with the unmasked row
-// kernels, at the same speed; any other mask goes position by position.
+// Padded batches. The op's ``valid`` is either (B,) integer lengths along the last dim of a (B, C, L)
+// map (the real positions of a sample are the prefix [0, len) of each of its rows), or a (B, N) bool
+// mask of real positions (2D/3D maps, padding anywhere).
+
+inline bool is_lengths(const OptTensor& valid) { return valid.has_value() && valid->scalar_type() != at::kBool; }
+
+// The lengths as int64, checked before any work: one per sample, each in [1, N]. Same messages as
+// cafusion.masking's Python checks (ValueError in Python).
+inline Tensor checked_lengths(const Tensor& lengths, int64_t B, int64_t N) {
+  TORCH_CHECK_VALUE(lengths.dim() == 1 && lengths.size(0) == B, "lengths must have shape (", B,
+                    ",) (one length per sample), got ", lengths.sizes());
+  TORCH_CHECK_VALUE(at::isIntegralType(lengths.scalar_type(), false), "lengths must hold integer lengths, got ",
+                    lengths.scalar_type());
+  const Tensor len = lengths.to(at::kLong).contiguous();
+  const int64_t* p = len.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK_VALUE(p[b] >= 1 && p[b] <= N, "lengths must lie in [1, ", N, "] (the last dim of x), got ", p[b]);
+  return len;
+}
+
+// Per (b, c) statistics of the prefix [0, len[b]) of each row: the kernel the unmasked pass uses at that
+// row length, in tasks of up to kLanes rows of one sample (so a task's rows share their length).
+template <typename T>
+void pool_prefix_impl(const Tensor& x3, const int64_t* len, Tensor& avg, Tensor& mx, Tensor& idx) {
+  using A = acc_t<T>;
+  const int64_t B = x3.size(0), C = x3.size(1), N = x3.size(2);
+  const View v = view_of(x3);
+  const T* x = x3.data_ptr<T>();
+  A* pa = avg.data_ptr<A>();
+  A* pm = mx.data_ptr<A>();
+  int64_t* pi = idx.data_ptr<int64_t>();
+  if (!rows_layout(x3)) {  // channels_last: the chunk walks its sample's real positions only
+    const Chunks ch = chunks_of(B, C);
+    at::parallel_for(0, ch.count, grain_rows(N * std::min(C, kChunk)), [&](int64_t lo, int64_t hi) {
+      for (int64_t t = lo; t < hi; ++t) {
+        const int64_t b = t / ch.per_sample, c0 = (t % ch.per_sample) * kChunk;
+        const int64_t o = b * C + c0;
+        pool_chunk<T>(x + b * v.b + c0 * v.c, v, std::min(kChunk, C - c0), len[b], pa + o, pm + o, pi + o);
+      }
+    });
+    return;
+  }
+  const int64_t per = (C + kLanes - 1) / kLanes;
+  at::parallel_for(0, B * per, grain_rows(N * kLanes), [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t b = t / per, c0 = (t % per) * kLanes, width = std::min(kLanes, C - c0), n = len[b];
+      const int64_t r0 = b * C + c0;
+      const T* first = x + b * v.b + c0 * v.c;
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (g_gather_rows && n <= g_gather_max_n && (kLanes - 1) * v.c + n < (int64_t(1) << 31)) {
+          alignas(64) int32_t off[kLanes];
+          for (int64_t l = 0; l < kLanes; ++l) off[l] = static_cast<int32_t>(std::min(l, width - 1) * v.c);
+          pool_rows16_f32(first, off, width, n, pa + r0, pm + r0, pi + r0);
+          continue;
+        }
+      }
+#endif
+      if (n < kShortRow) {
+        for (int64_t j0 = 0; j0 < width; j0 += kRowsAtOnce) {
+          const int64_t w = std::min(kRowsAtOnce, width - j0);
+          const T* rows[kRowsAtOnce];
+          for (int64_t j = 0; j < kRowsAtOnce; ++j) rows[j] = first + (j0 + std::min(j, w - 1)) * v.c;
+          pool_rows_short<T>(rows, w, n, pa + r0 + j0, pm + r0 + j0, pi + r0 + j0);
+        }
+        continue;
+      }
+      for (int64_t j = 0; j < width; ++j) pool_row<T>(first + j * v.c, n, pa + r0 + j, pm + r0 + j, pi + r0 + j);
+    }
+  });
+}
+
+// A (B, N) mask: a sample whose real positions happen to be a prefix pools like lengths; any other
+// sample goes position by position.
 inline std::vector<int64_t> prefix_lengths(const Tensor& valid) {  // -1 where a sample's mask is no prefix
   const int64_t B = valid.size(0), N = valid.size(1);
   const bool* v = valid.data_ptr<bool>();
@@ -503,7 +574,7 @@ void grad_ca_impl(const Tensor& dy3, const Tensor& x3, Tensor& out) {
 
 template <typename T>
 void grad_input_impl(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, const Tensor& g_max,
-                     const Tensor& idx, const bool* vm, Tensor& dx3) {
+                     const Tensor& idx, const bool* vm, const int64_t* len, Tensor& dx3) {
   using A = acc_t<T>;
   const int64_t B = dy3.size(0), C = dy3.size(1), N = dy3.size(2);
   const View vd = view_of(dy3), vo = view_of(dx3);
@@ -524,9 +595,11 @@ void grad_input_impl(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, c
         const T* dr = d + b * vd.b + c * vd.c;
         T* out = o + b * vo.b + c * vo.c;
         const A f = static_cast<A>(pc[r]), a = static_cast<A>(pa[r]);
-        if (vm == nullptr) {
-          for (int64_t k = 0; k < N; ++k)
+        if (vm == nullptr) {  // the mean's gradient reaches the real prefix [0, n) only (all of N without padding)
+          const int64_t n = len == nullptr ? N : len[b];
+          for (int64_t k = 0; k < n; ++k)
             out[k] = static_cast<T>(static_cast<A>(static_cast<T>(static_cast<A>(dr[k]) * f)) + a);
+          for (int64_t k = n; k < N; ++k) out[k] = static_cast<T>(static_cast<A>(dr[k]) * f);
         } else {  // the mean's gradient reaches real positions only
           const bool* ok = vm + b * N;
           for (int64_t k = 0; k < N; ++k)
@@ -543,7 +616,8 @@ void grad_input_impl(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, c
       for (int64_t k = 0; k < N; ++k) {
         const T* dr = d + b * vd.b + k * vd.n;
         T* out = o + b * vo.b + k * vo.n;
-        const bool real = vm == nullptr || vm[b * N + k];  // the mean's gradient reaches real positions only
+        // the mean's gradient reaches real positions only
+        const bool real = vm != nullptr ? vm[b * N + k] : (len == nullptr || k < len[b]);
         for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
           const int64_t w = std::min(kChunk, C - c0);
           for (int64_t c = 0; c < w; ++c)
@@ -567,9 +641,20 @@ inline std::vector<Tensor> pool_stats(const Tensor& x3, bool need_index, const O
   // The index costs nothing measurable (the lanes' selects are there for the NaN-propagating max
   // anyway), and GCC vectorises the loop with it better than without, so it is always computed.
   Tensor idx = at::empty({x3.size(0), x3.size(1)}, x3.options().dtype(at::kLong));
-  if (avg.numel() != 0 && valid.has_value()) {
+  if (avg.numel() != 0 && is_lengths(valid)) {
+    const Tensor len = checked_lengths(*valid, x3.size(0), x3.size(2));
+    const int64_t* pl = len.data_ptr<int64_t>();
+    CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_prefix", [&] { pool_prefix_impl<scalar_t>(x3, pl, avg, mx, idx); });
+  } else if (avg.numel() != 0 && valid.has_value()) {
     const Tensor vm = valid->contiguous();
-    CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_masked", [&] { pool_masked_impl<scalar_t>(x3, vm, avg, mx, idx); });
+    const std::vector<int64_t> prefix = prefix_lengths(vm);  // a 1D mask is usually lengths in disguise
+    if (std::all_of(prefix.begin(), prefix.end(), [](int64_t n) { return n > 0; })) {
+      CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_prefix",
+                        [&] { pool_prefix_impl<scalar_t>(x3, prefix.data(), avg, mx, idx); });
+    } else {
+      CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_masked",
+                        [&] { pool_masked_impl<scalar_t>(x3, vm, avg, mx, idx); });
+    }
   } else if (avg.numel() != 0) {
     CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_stats", [&] { pool_impl<scalar_t>(x3, avg, mx, idx); });
   }
@@ -610,9 +695,14 @@ inline Tensor grad_input(const Tensor& dy, const Tensor& ca, const Tensor& g_avg
   const Tensor dy3 = dy.flatten(2);
   Tensor dx3 = dx.flatten(2);
   check_same_layout(dy3, dx3);
-  const Tensor vm = valid.has_value() ? valid->contiguous() : Tensor();
-  const bool* pv = vm.defined() ? vm.data_ptr<bool>() : nullptr;
-  CAFUSION_DISPATCH(t, "cafusion_grad_input", [&] { grad_input_impl<scalar_t>(dy3, c, a, m, i, pv, dx3); });
+  const bool lengths = is_lengths(valid);
+  const Tensor vm = valid.has_value() ? (lengths ? valid->to(at::kLong) : *valid).contiguous() : Tensor();
+  std::vector<int64_t> prefix;  // a mask whose samples are all prefixes runs as lengths (vectorised rows)
+  if (vm.defined() && !lengths) prefix = prefix_lengths(vm);
+  const bool as_prefix = !prefix.empty() && std::all_of(prefix.begin(), prefix.end(), [](int64_t n) { return n > 0; });
+  const bool* pv = vm.defined() && !lengths && !as_prefix ? vm.data_ptr<bool>() : nullptr;
+  const int64_t* pl = lengths ? vm.data_ptr<int64_t>() : (as_prefix ? prefix.data() : nullptr);
+  CAFUSION_DISPATCH(t, "cafusion_grad_input", [&] { grad_input_impl<scalar_t>(dy3, c, a, m, i, pv, pl, dx3); });
   return dx;
 }
 

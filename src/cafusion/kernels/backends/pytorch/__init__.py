@@ -13,6 +13,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from cafusion import masking
 from cafusion._dtypes import compute_dtype
 from cafusion.kernels.backends.pytorch import passes, small
 from cafusion.kernels.backends.pytorch.small import Params
@@ -49,9 +50,10 @@ def compose_forward(
 ) -> Outputs:
     """One statistics pass, the small path on (B, C), one scaling pass: the forward with any passes module.
 
-    With a (B, N) ``valid`` mask the statistics come from the PyTorch passes' masked pooling (the scaling
-    pass is the same: y = x * ca at every position).
+    With a ``valid`` mask (or lengths, made a mask here after their range check) the statistics come
+    from the PyTorch passes' masked pooling (the scaling pass is the same: y = x * ca at every position).
     """
+    valid = masking.as_mask(valid, x)
     x3 = x.flatten(2)
     avg, mx, idx = ops.pool_stats(x3, need_index) if valid is None else passes.pool_stats(x3, need_index, valid)
     dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
@@ -80,7 +82,8 @@ def compose_backward(
     valid: Tensor | None = None,
 ) -> Gradients:
     """d(ca) from one pass over dy and x, the small path's backward (recomputing its tiny forward), and
-    one pass writing dx (the mean's gradient at real positions only, with a ``valid`` mask)."""
+    one pass writing dx (the mean's gradient at real positions only, with a ``valid`` mask or lengths)."""
+    valid = masking.as_mask(valid, x, check=False)
     x3, dy3 = x.flatten(2), dy.flatten(2)
     dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
     fw = small_path.forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
