@@ -89,6 +89,42 @@ def test_other_settings_in_the_same_out_are_refused(tmp_path: Path, capsys: pyte
     assert len(err.strip().splitlines()) == 1
 
 
+def test_norm_is_recorded_as_applied_and_a_mismatch_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "c"
+    argv = [*TINY, "--attention", "none", "--seeds", "1", "--out", str(out)]
+    assert main(["compare", *argv]) == 0  # --norm auto on a univariate set: z-normalised per series
+    path = out / "runs" / "UnitTest__fcn__none__seed0.json"
+    stored = json.loads(path.read_text())
+    assert stored["settings"]["norm"] == "series" and "z-normalised per series" in stored["data"]
+    assert json.loads((out / "report.json").read_text())["tables"][0]["norm"] == ["series"]
+    capsys.readouterr()
+    assert main(["compare", *argv, "--norm", "series"]) == 0  # the same data: resumed, nothing rerun
+    assert "1 already finished, 0 to run" in capsys.readouterr().out
+    assert main(["compare", *argv, "--no-znorm"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds run UnitTest__fcn__none__seed0 with other settings: norm 'series' (now 'none')" in err
+    assert len(err.strip().splitlines()) == 1
+    # a result from before --norm: no "norm", and "znorm": false only when --no-znorm was given
+    del stored["settings"]["norm"]
+    path.write_text(json.dumps(stored))
+    assert main(["compare", *argv]) == 0
+    assert "1 already finished, 0 to run" in capsys.readouterr().out
+    stored["settings"]["znorm"] = False
+    path.write_text(json.dumps(stored))
+    assert main(["compare", *argv]) == 2
+    assert "norm 'none' (now 'series')" in capsys.readouterr().err
+    assert main(["compare", *argv, "--norm", "none"]) == 0
+    assert "1 already finished, 0 to run" in capsys.readouterr().out
+
+
+def test_norm_setting_per_source() -> None:
+    """auto: univariate per series, multivariate the archive's values; the other sources have no norm."""
+    data = ["ucr:GunPoint", "ucr:BasicMotions", "ucr:JapaneseVowels", "digits"]
+    for norm, expected in [("auto", ["series", "none", "none", None]), ("series", ["series"] * 3 + [None])]:
+        config = CompareConfig(data=data, variants=[Variant("none", "none")], seeds=1, norm=norm).validate()
+        assert [r.settings().get("norm") for r in plan(config)] == expected
+
+
 def test_jobs_run_in_parallel_processes_with_the_same_results(tmp_path: Path) -> None:
     assert main(["compare", *TINY, "--attention", "none,se", "--seeds", "1", "--out", str(tmp_path / "a")]) == 0
     argv = ["compare", *TINY, "--attention", "none,se", "--seeds", "1", "--jobs", "2", "--out", str(tmp_path / "b")]
@@ -172,6 +208,8 @@ def test_figures_are_written(tmp_path: Path) -> None:
         (["--data", "ucr:UnitTest", "--variant", "x=caft:nope=1"], "variant 'x':"),
         (["--data", "ucr:UnitTest", "--variant", "bad label=caft"], "--variant must be NAME or LABEL=NAME"),
         (["--data", "ucr:UnitTest", "--factor", "2"], "--factor must be in (0, 1)"),
+        (["--data", "ucr:UnitTest", "--norm", "zscore"], "--norm must be one of auto, series, none, got 'zscore'"),
+        (["--data", "ucr:UnitTest", "--norm", "series", "--no-znorm"], "--no-znorm means --norm none; it contradicts"),
         (["--data", "missing.npz"], "data path 'missing.npz' does not exist"),
         (["--data", "ucr:GunPoint", "--model", "resnet", "--data", "digits"], "takes 1D signals"),
         ([], "--data must name at least one source"),

@@ -13,7 +13,8 @@ from typing import Any
 
 EPILOG = """\
 data: ucr:NAME (a UCR/UEA set bundled in aeon: GunPoint, ArrowHead, ItalyPowerDemand, BasicMotions,
-JapaneseVowels, ...; published split, z-normalised per series), digits (scikit-learn's 8x8 digits),
+JapaneseVowels, ...; published split; --norm auto as Fawaz et al. 2019: univariate sets z-normalised
+per series, multivariate ones as stored), digits (scikit-learn's 8x8 digits),
 or a path that 'cafusion train' reads (image folder, .npz/.pt: split with --test-fraction per seed).
 Repeat --data or separate sources with commas.
 
@@ -68,7 +69,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--budgets", default="auto", metavar="E1,E2,...", help="epochs at which to test too; auto: 1,2,4,..."
     )
-    p.add_argument("--no-znorm", action="store_true", help="ucr: keep the archive's values (no per-series z-norm)")
+    p.add_argument(
+        "--norm",
+        default=None,
+        metavar="{auto,series,none}",
+        help="ucr: auto (default) as Fawaz et al. 2019: univariate sets z-normalised per series, multivariate "
+        "ones as stored; series: z-normalise every set; none: the archive's values",
+    )
+    p.add_argument("--no-znorm", action="store_true", help="the same as --norm none")
     p.add_argument(
         "--lengths",
         action="store_true",
@@ -102,6 +110,15 @@ def _ints(flag: str, text: str) -> tuple[int, ...]:
         raise ValueError(f"{flag} must be comma-separated ints, got {text!r}") from None
 
 
+def _norm(args: argparse.Namespace) -> str:
+    """``--norm``, with ``--no-znorm`` as its old spelling of ``none``."""
+    if not args.no_znorm:
+        return "auto" if args.norm is None else str(args.norm)
+    if args.norm not in (None, "none"):
+        raise ValueError(f"--no-znorm means --norm none; it contradicts --norm {args.norm}")
+    return "none"
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     """The validated CompareConfig of the parsed options (one-line ValueError/TypeError otherwise)."""
     from cafusion.cli.train import parse_options
@@ -127,7 +144,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         widths=_ints("--widths", args.widths),
         device=args.device,
         out=args.out,
-        znorm=not args.no_znorm,
+        norm=_norm(args),
         lengths=args.lengths,
     ).validate()
     if args.budgets == "auto":
@@ -178,7 +195,7 @@ def _check_model_and_data(config: Any) -> None:
     from cafusion.training.models import ModelSpec, build_model
 
     for source in config.data:
-        split = load_split(source, config.first_seed, config.test_fraction, config.znorm)
+        split = load_split(source, config.first_seed, config.test_fraction, config.norm)
         print(split.description)
         with torch.random.fork_rng():
             model = build_model(

@@ -71,7 +71,9 @@ class CompareConfig:
     device: str = "cpu"
     out: str = "runs/compare"
     budgets: tuple[int, ...] = ()  # extra epochs at which the best-so-far model is tested
-    znorm: bool = True  # ucr: z-normalise each series (Fawaz et al. 2019); False keeps the archive's values
+    # ucr: "auto" as Fawaz et al. 2019 (univariate z-normalised per series, multivariate as stored),
+    # "series" z-normalises every set, "none" keeps the archive's values
+    norm: str = "auto"
     lengths: bool = False  # give fcn/resnet/small_cnn the true lengths of padded series (masked padding)
 
     def validate(self) -> CompareConfig:
@@ -114,6 +116,9 @@ class CompareConfig:
         if self.device != "cpu" and self.device != "cuda" and not self.device.startswith("cuda:"):
             raise ValueError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         self.budgets = tuple(sorted({check.positive_int("--budgets", b) for b in self.budgets if b <= self.epochs}))
+        from cafusion.training.ucr import check_norm
+
+        check_norm(self.norm, "--norm")
         return self
 
     def seed_list(self) -> list[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cafusion.compare.config import RECIPE_BATCH_CAP, CompareConfig, Variant
-from cafusion.compare.sources import dataset_name
+from cafusion.compare.sources import applied_norm, dataset_name
 from cafusion.training.checkpoint import atomic_write_text
 
 RUNS_DIR = "runs"
@@ -60,8 +60,9 @@ class RunSpec:
             "test_fraction": cfg.test_fraction,
             "widths": list(cfg.widths) if cfg.model == "small_cnn" else None,
         }
-        if not cfg.znorm:  # only when off, so results of the default stay valid
-            settings["znorm"] = False
+        norm = applied_norm(self.source, cfg.norm)
+        if norm is not None:  # what was applied to this set, not the option: "auto" is "series" or "none"
+            settings["norm"] = norm
         if cfg.lengths:  # likewise only when on
             settings["lengths"] = True
         return settings
@@ -114,15 +115,28 @@ def finished(out: Path, spec: RunSpec) -> bool:
     if not path.is_file():
         return False
     stored = read_result(path)
-    if stored.get("settings") != spec.settings():
-        theirs = stored.get("settings") or {}
-        diff = [k for k in spec.settings() if theirs.get(k) != spec.settings()[k]]
-        shown = ", ".join(f"{k} {theirs.get(k)!r} (now {spec.settings()[k]!r})" for k in diff[:3])
+    theirs = stored_settings(stored)
+    ours = spec.settings()
+    if theirs != ours:
+        diff = [k for k in {**ours, **theirs} if theirs.get(k) != ours.get(k)]
+        shown = ", ".join(f"{k} {theirs.get(k)!r} (now {ours.get(k)!r})" for k in diff[:3])
         raise ValueError(
             f"--out {str(out)!r} already holds run {spec.run_id} with other settings: {shown}; "
             "use another --out, or the same settings to resume"
         )
     return True
+
+
+def stored_settings(result: dict[str, Any]) -> dict[str, Any]:
+    """A stored result's settings in today's form.
+
+    Results written before ``--norm`` existed have no "norm": a ``ucr:`` run of them was z-normalised
+    per series unless it says ``"znorm": false`` (``--no-znorm``), which kept the archive's values.
+    """
+    settings = dict(result.get("settings") or {})
+    if "norm" not in settings and str(settings.get("source", "")).startswith("ucr:"):
+        settings["norm"] = "none" if settings.pop("znorm", True) is False else "series"
+    return settings
 
 
 def write_result(out: Path, spec: RunSpec, result: dict[str, Any]) -> Path:

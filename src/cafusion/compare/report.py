@@ -17,7 +17,7 @@ from typing import Any
 
 from cafusion.compare import stats
 from cafusion.compare.config import BASELINES
-from cafusion.compare.plan import iter_results
+from cafusion.compare.plan import iter_results, stored_settings
 from cafusion.training.checkpoint import atomic_write_text
 
 CSV_FIELDS = (
@@ -116,6 +116,8 @@ def _group(dataset: str, model: str, runs: list[dict[str, Any]], baselines: tupl
         "published_split": first.get("published_split", True),
         "epochs": sorted({r["settings"]["epochs"] for r in runs}),
         "batch_size": sorted({r["batch_size"] for r in runs}),
+        # ucr: the normalisation applied ("series" or "none"); more than one means mixed runs
+        "norm": sorted({n for n in (stored_settings(r).get("norm") for r in runs) if n is not None}),
         "published_acc": published,
         "variants": variants,
     }

@@ -136,7 +136,7 @@ def train_run(run: RunSpec, on_epoch: EpochHook | None = None) -> dict[str, Any]
     """Train and test ``run``; the returned dict is what goes into its result file."""
     cfg = run.config
     device = torch.device(cfg.device)
-    split = load_split(run.source, run.seed, cfg.test_fraction, cfg.znorm)
+    split = load_split(run.source, run.seed, cfg.test_fraction, cfg.norm)
     train_set, test_set = split.train, split.test
     batch = batch_size_for(cfg, len(train_set))
     model, copied = build_paired_model(run, split)

@@ -23,11 +23,19 @@ class Split:
     lengths_train: Tensor | None = None  # true lengths of padded series (ucr: unequal-length sets)
     lengths_test: Tensor | None = None
     published_split: bool = True
+    norm: str | None = None  # ucr: the normalisation applied ("series" or "none"); None for other sources
 
 
 def check_source(source: str) -> None:
     """Refuse a source that cannot be read, with its own message, before any run starts."""
     load_split(source, 0, 0.2)
+
+
+def applied_norm(source: str, norm: str) -> str | None:
+    """What ``--norm`` means for ``source``: "series" or "none" for ``ucr:`` sets, None for the others."""
+    if not source.startswith("ucr:"):
+        return None
+    return _load_fixed(source, norm).norm
 
 
 def dataset_name(source: str) -> str:
@@ -41,12 +49,12 @@ def dataset_name(source: str) -> str:
 
 
 @lru_cache(maxsize=8)
-def _load_fixed(source: str, znorm: bool = True) -> Split:
+def _load_fixed(source: str, norm: str = "auto") -> Split:
     if source.startswith("ucr:"):
         from cafusion.training.ucr import load_ucr
 
-        data = load_ucr(source[4:], znorm=znorm)
-        return Split(data.train, data.test, data.describe(), data.lengths_train, data.lengths_test)
+        data = load_ucr(source[4:], norm=norm)
+        return Split(data.train, data.test, data.describe(), data.lengths_train, data.lengths_test, norm=data.norm)
     try:
         from cafusion.cli.demo import load_digits
     except ImportError as exc:  # pragma: no cover - scikit-learn is in the dev environment
@@ -66,10 +74,10 @@ def _load_file(source: str) -> Dataset:
     return load_dataset(source)
 
 
-def load_split(source: str, seed: int, test_fraction: float, znorm: bool = True) -> Split:
-    """The (train, test) sets of ``source`` for ``seed``; ``znorm`` applies to ``ucr:`` sources."""
+def load_split(source: str, seed: int, test_fraction: float, norm: str = "auto") -> Split:
+    """The (train, test) sets of ``source`` for ``seed``; ``norm`` (auto, series, none) applies to ``ucr:``."""
     if source.startswith("ucr:") or source == "digits":
-        return _load_fixed(source, znorm)
+        return _load_fixed(source, norm if source.startswith("ucr:") else "auto")
     data = _load_file(source)
     train, test = split_dataset(data, test_fraction, seed)
     if test is None:

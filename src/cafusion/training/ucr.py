@@ -2,8 +2,15 @@
 
 ``ucr:NAME`` reads ``NAME`` with aeon's own loader from aeon's bundled data folder, so nothing is
 ever downloaded: a name aeon does not ship is refused with the list of those it does. The published
-train/test split is kept, and every series is z-normalised per channel over time, as in Fawaz et
-al. 2019 (a constant channel becomes zeros).
+train/test split is kept.
+
+Normalisation (``norm``) follows Fawaz et al. 2019 by default (``"auto"``): their code
+(github.com/hfawaz/dl-4-tsc, ``utils/utils.py``) z-normalises each univariate series
+(``read_dataset``/``read_all_datasets``, the UCR 2018 branch) but feeds the multivariate archive as
+stored (the ``mts_archive`` branch loads the arrays ``transform_mts_to_ucr_format`` wrote, which
+only resamples every series to the longest length). So ``"auto"`` z-normalises univariate sets per
+series and keeps a multivariate set's values; ``"series"`` z-normalises every series per channel
+over time (a constant channel becomes zeros) and ``"none"`` keeps the archive's values everywhere.
 
 Unequal-length sets (JapaneseVowels) are zero-padded at the end to the longest series, after each
 series is normalised over its own valid length. ``UCRData.lengths_*`` keep the true lengths and
@@ -24,6 +31,8 @@ from torch import Tensor
 from cafusion.training.data import DataError, Dataset
 
 PREFIX = "ucr:"
+# "auto": as Fawaz et al. 2019 (univariate: per series; multivariate: the archive's values).
+NORMS = ("auto", "series", "none")
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,11 @@ class UCRData:
     lengths_train: Tensor
     lengths_test: Tensor
     padded: bool
-    znorm: bool = True
+    norm: str = "series"  # what was applied: "series" (z-normalised per series and channel) or "none"
+
+    @property
+    def znorm(self) -> bool:
+        return self.norm == "series"
 
     def describe(self) -> str:
         x = self.train.x
@@ -45,7 +58,9 @@ class UCRData:
             f"{self.name}: {len(self.train)} train / {len(self.test)} test series, {kind} ({x.shape[1]} channel(s)), "
             f"length {x.shape[2]}, {self.train.num_classes} classes"
         )
-        if not self.znorm:
+        if self.znorm:
+            text += "; z-normalised per series"
+        else:
             text += "; values as stored in the archive (not z-normalised)"
         if self.padded:
             lo = int(min(self.lengths_train.min(), self.lengths_test.min()))
@@ -84,12 +99,29 @@ def _is_classification(path: Path) -> bool:
     return False
 
 
-def load_ucr(name: str, znorm: bool = True) -> UCRData:
+def check_norm(norm: object, flag: str = "norm") -> str:
+    """``norm`` if it is one of :data:`NORMS`, else a one-line ValueError naming ``flag``."""
+    if not isinstance(norm, str) or norm not in NORMS:
+        raise ValueError(f"{flag} must be one of {', '.join(NORMS)}, got {norm!r}")
+    return norm
+
+
+def resolve_norm(norm: str, channels: int) -> str:
+    """The normalisation ``norm`` means for a set of ``channels`` channels: ``"series"`` or ``"none"``."""
+    if check_norm(norm) == "auto":
+        return "series" if channels == 1 else "none"
+    return norm
+
+
+def load_ucr(name: str, norm: str = "auto") -> UCRData:
     """Load the bundled set ``name`` (case as aeon spells it; other cases are matched too).
 
-    ``znorm=False`` keeps the values as the archive stores them (the univariate UCR files are already
-    z-normalised; the multivariate UEA ones are not, and their channel levels can carry the class).
+    ``norm``: ``"auto"`` (as Fawaz et al. 2019: univariate sets z-normalised per series, multivariate
+    ones as stored), ``"series"`` (every set z-normalised per series and channel) or ``"none"`` (the
+    values as the archive stores them: the univariate UCR files are already z-normalised; the
+    multivariate UEA ones are not, and their channel levels can carry the class).
     """
+    check_norm(norm)
     known = bundled_datasets()
     match = {n.lower(): n for n in known}.get(name.lower())
     if match is None:
@@ -108,8 +140,9 @@ def load_ucr(name: str, znorm: bool = True) -> UCRData:
         raise DataError(f"'ucr:{match}': test labels {unseen} do not occur in the training split")
     series_train, series_test = _as_series(raw_train), _as_series(raw_test)
     length = max(s.shape[1] for s in series_train + series_test)
-    x_train, len_train = _stack(series_train, length, znorm)
-    x_test, len_test = _stack(series_test, length, znorm)
+    applied = resolve_norm(norm, series_train[0].shape[0])
+    x_train, len_train = _stack(series_train, length, applied == "series")
+    x_test, len_test = _stack(series_test, length, applied == "series")
     padded = bool((len_train != length).any() or (len_test != length).any())
     index = {c: i for i, c in enumerate(classes)}
     return UCRData(
@@ -119,7 +152,7 @@ def load_ucr(name: str, znorm: bool = True) -> UCRData:
         lengths_train=len_train,
         lengths_test=len_test,
         padded=padded,
-        znorm=znorm,
+        norm=applied,
     )
 
 
