@@ -168,7 +168,8 @@ def main() -> int:
                     cells.append("–")
                     continue
                 p = t["p"]
-                p_text = "–" if p is None else f"{p:.2g}"
+                # the t-test's p is 0 when the seeds' differences are all equal (no spread): no test
+                p_text = "–" if p is None else ("n/a, equal diffs" if p == 0 else f"{p:.2g}")
                 cells.append(f"{100 * t['mean_diff']:+.2f} (p {p_text}, {t['win']}/{t['tie']}/{t['loss']})")
             print(f"| {table['dataset']} | {v} | " + " | ".join(cells) + " |")
     return 0
