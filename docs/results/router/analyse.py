@@ -47,6 +47,28 @@ def _routed(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in runs if "router" in r and all(b["w_avg_mean"] is not None for b in r["router"].values())]
 
 
+def _summary(rs: list[dict[str, Any]]) -> tuple[str, str, str, str]:
+    """Over the routers of ``rs``: collapsed share, first blocks collapsed, softmax under the floor, median epoch."""
+    total = n = first = first_n = under = 0
+    for r in rs:
+        names = sorted(r["router"])
+        first += _collapsed(r["router"][names[0]]["w_avg_mean"])
+        first_n += 1
+        for b in r["router"].values():
+            total += _collapsed(b["w_avg_mean"])
+            under += _collapsed(b["w_avg_mean"], _floor(r))
+            n += 1
+    floor_cell = f"{under}/{n}" if any(_floor(r) for r in rs) else "(no floor)"
+    epochs = [
+        float(e)
+        for r in rs
+        for b in r["router"].values()
+        if (e := collapse_epoch([_softmax(w, _floor(r)) for w in b["w_avg_per_epoch"]])) is not None
+    ]
+    since = f"{_median(epochs):.0f}" if epochs else "–"
+    return f"{total}/{n} ({100 * total / n:.0f}%)", f"{first}/{first_n}", floor_cell, since
+
+
 def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -77,29 +99,22 @@ def main() -> int:
         rs = _routed(by_variant[v])
         if not rs:
             continue
-        cells, total, n, first, first_n, under, under_n = [], 0, 0, 0, 0, 0, 0
+        cells = []
         for d in datasets:
             blocks = [(r, b) for r in rs if r["dataset"] == d for b in r["router"].values()]
             c = sum(_collapsed(b["w_avg_mean"]) for _, b in blocks)
-            cells.append(f"{c}/{len(blocks)}")
-            total, n = total + c, n + len(blocks)
-        for r in rs:
-            b0 = r["router"][sorted(r["router"])[0]]
-            first += _collapsed(b0["w_avg_mean"])
-            first_n += 1
-            for b in r["router"].values():
-                under += _collapsed(b["w_avg_mean"], _floor(r))
-                under_n += 1
-        floor_cell = f"{under}/{under_n}" if any(_floor(r) for r in rs) else "(no floor)"
-        epochs = [
-            e
-            for r in rs
-            for b in r["router"].values()
-            if (e := collapse_epoch([_softmax(w, _floor(r)) for w in b["w_avg_per_epoch"]])) is not None
-        ]
-        share = f"{total}/{n} ({100 * total / n:.0f}%)"
-        since = f"{_median([float(e) for e in epochs]):.0f}" if epochs else "–"
-        print(f"| {v} | " + " | ".join(cells) + f" | {share} | {first}/{first_n} | {floor_cell} | {since} |")
+            cells.append(f"{c}/{len(blocks)}" if blocks else "–")
+        share, first, floor_cell, since = _summary(rs)
+        print(f"| {v} | " + " | ".join(cells) + f" | {share} | {first} | {floor_cell} | {since} |")
+
+    routed = [v for v in variants if _routed(by_variant[v])]
+    common = [d for d in datasets if all(any(r["dataset"] == d for r in _routed(by_variant[v])) for v in routed)]
+    print(f"\n## The same, over the data sets every variant with a router ran: {', '.join(common)}\n")
+    print("| variant | all | first block | softmax under the floor | median epoch from which it stays collapsed |")
+    print("|---|---|---|---|---|")
+    for v in routed:
+        share, first, floor_cell, since = _summary([r for r in _routed(by_variant[v]) if r["dataset"] in common])
+        print(f"| {v} | {share} | {first} | {floor_cell} | {since} |")
 
     print("\n## Gradient norms per step: median over routers of epochs 1-5 and 141-150, and late/early\n")
     print("| variant | router early | router late | router late/early | MLP early | MLP late | MLP late/early |")
@@ -129,8 +144,10 @@ def main() -> int:
         )
 
     print("\n## Does the router still route? Median over routers of the test-set w_avg and its std over samples\n")
-    print("| variant | median w_avg | median per-sample std of w_avg | routers with std > 0.05 |")
-    print("|---|---|---|---|")
+    print(
+        "| variant | median w_avg | median per-sample std of w_avg | routers with std > 0.05 | of those not collapsed |"
+    )
+    print("|---|---|---|---|---|")
     for v in variants:
         routers = [b for r in _routed(by_variant[v]) for b in r["router"].values()]
         if not routers:
@@ -138,7 +155,16 @@ def main() -> int:
         means = [b["w_avg_mean"] for b in routers]
         stds = [b["w_avg_std"] for b in routers if b["w_avg_std"] is not None]
         spread = sum(s > 0.05 for s in stds)
-        print(f"| {v} | {_median(means):.3f} | {_median(stds):.3g} | {spread}/{len(stds)} |")
+        kept = [
+            b
+            for r in _routed(by_variant[v])
+            for b in r["router"].values()
+            if not _collapsed(b["w_avg_mean"], _floor(r))
+        ]
+        kept_spread = sum(b["w_avg_std"] is not None and b["w_avg_std"] > 0.05 for b in kept)
+        print(
+            f"| {v} | {_median(means):.3f} | {_median(stds):.3g} | {spread}/{len(stds)} | {kept_spread}/{len(kept)} |"
+        )
 
     print("\n## w_avg on the test set per block (seeds 0, 1, 2)\n")
     print("| data set | variant | block 1 | block 2 | block 3 |")
@@ -151,6 +177,16 @@ def main() -> int:
             names = sorted(rs[0]["router"])
             cells = [", ".join(f"{r['router'][name]['w_avg_mean']:.3f}" for r in rs) for name in names]
             print(f"| {d} | {v} | " + " | ".join(cells) + " |")
+
+    print("\n## Training loss (cross-entropy) of caft at some epochs: median over data sets and seeds\n")
+    marks = (1, 2, 5, 10, 20, 50, 150)
+    print("| epoch | " + " | ".join(str(e) for e in marks) + " |")
+    print("|---|" + "---|" * len(marks))
+    losses = {
+        e: [r["history"][e - 1]["train_loss"] for r in by_variant["caft"] if len(r["history"]) >= e] for e in marks
+    }
+    print("| median | " + " | ".join(f"{_median(losses[e]):.2g}" for e in marks) + " |")
+    print("| min-max | " + " | ".join(f"{min(losses[e]):.2g}-{max(losses[e]):.2g}" for e in marks) + " |")
 
     report = json.loads((HERE / "report.json").read_text())
     print("\n## Paired differences (points), paired t-test p, win/tie/loss over seeds\n")
@@ -172,6 +208,16 @@ def main() -> int:
                 p_text = "–" if p is None else ("n/a, equal diffs" if p == 0 else f"{p:.2g}")
                 cells.append(f"{100 * t['mean_diff']:+.2f} (p {p_text}, {t['win']}/{t['tie']}/{t['loss']})")
             print(f"| {table['dataset']} | {v} | " + " | ".join(cells) + " |")
+    print("\n## 95% confidence interval of the paired difference to caft (points; t interval over the seeds)\n")
+    print("| data set | variant | CI |")
+    print("|---|---|---|")
+    for table in report["tables"]:
+        for row in table["variants"]:
+            t = row["versus"].get("caft")
+            if row["variant"] in ("none", "caft_sum") or t is None:
+                continue
+            lo, hi = t["ci95"]
+            print(f"| {table['dataset']} | {row['variant']} | [{100 * lo:+.2f}, {100 * hi:+.2f}] |")
     return 0
 
 
