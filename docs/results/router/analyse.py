@@ -208,6 +208,24 @@ def main() -> int:
                 p_text = "–" if p is None else ("n/a, equal diffs" if p == 0 else f"{p:.2g}")
                 cells.append(f"{100 * t['mean_diff']:+.2f} (p {p_text}, {t['win']}/{t['tie']}/{t['loss']})")
             print(f"| {table['dataset']} | {v} | " + " | ".join(cells) + " |")
+    main_runs = HERE.parent / "fcn" / "runs"
+    print("\n## caft here vs the same runs in docs/results/fcn/ (identical: same test accuracy and training loss)\n")
+    print("| data set | identical seeds | collapsed routers here | there |")
+    print("|---|---|---|---|")
+    for d in datasets:
+        same, here, there = 0, 0, 0
+        for r in by_variant["caft"]:
+            if r["dataset"] != d:
+                continue
+            path = main_runs / f"{d}__fcn__caft__seed{r['settings']['seed']}.json"
+            if not path.exists():
+                continue
+            o = json.loads(path.read_text())
+            same += o["test_acc"] == r["test_acc"] and o["best_train_loss"] == r["best_train_loss"]
+            here += sum(_collapsed(b["w_avg_mean"]) for b in r["router"].values())
+            there += sum(_collapsed(b["w_avg_mean"]) for b in o["router"].values())
+        print(f"| {d} | {same}/3 | {here} | {there} |")
+
     print("\n## 95% confidence interval of the paired difference to caft (points; t interval over the seeds)\n")
     print("| data set | variant | CI |")
     print("|---|---|---|")
