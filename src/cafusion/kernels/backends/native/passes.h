@@ -362,6 +362,9 @@ inline Tensor checked_lengths(const Tensor& lengths, int64_t B, int64_t N) {
   return len;
 }
 
+template <typename T>
+constexpr int64_t kLineElems = 64 / static_cast<int64_t>(sizeof(T));  // elements per 64-byte cache line
+
 // Per (b, c) statistics of the prefix [0, len[b]) of each row: the kernel the unmasked pass uses at that
 // row length, in tasks of up to kLanes rows of one sample (so a task's rows share their length).
 template <typename T>
@@ -409,7 +412,14 @@ void pool_prefix_impl(const Tensor& x3, const int64_t* len, Tensor& avg, Tensor&
         }
         continue;
       }
-      for (int64_t j = 0; j < width; ++j) pool_row<T>(first + j * v.c, n, pa + r0 + j, pm + r0 + j, pi + r0 + j);
+      for (int64_t j = 0; j < width; ++j) {
+        const T* row = first + j * v.c;
+        pool_row<T>(row, n, pa + r0 + j, pm + r0 + j, pi + r0 + j);
+        // A row read only in part breaks the hardware prefetcher's stream at every row end, and the next
+        // row starts with a stall: touching the padding's lines keeps the stream going (100x256x1000
+        // float32, lengths 750: 10.5 ms on one thread without, against 7.8 ms for full rows).
+        for (int64_t k = n; k < N; k += kLineElems<T>) __builtin_prefetch(row + k);
+      }
     }
   });
 }
