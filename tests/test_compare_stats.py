@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -44,6 +45,49 @@ def test_identical_results_and_too_few_pairs() -> None:
     p = stats.paired(same, dict(same))
     assert p is not None and p["p"] == 1.0 and p["tie"] == 2
     assert stats.paired({0: 0.8}, {0: 0.7}) is None
+
+
+def test_identical_nonzero_differences_leave_the_t_test_undefined() -> None:
+    # every seed loses one test series of 370 (JapaneseVowels): d = -1/370 three times, sd 0, so
+    # t = mean / (0 / sqrt 3) is infinite and scipy would say p = 0; the test is undefined instead
+    base = {0: 367 / 370, 1: 366 / 370, 2: 368 / 370}
+    variant = {s: a - 1 / 370 for s, a in base.items()}
+    p = stats.paired(variant, base)
+    assert p is not None and p["test"] == "paired t-test"
+    assert p["p"] is None and p["p_undefined"] == stats.UNDEFINED_EQUAL
+    assert p["mean_diff"] == pytest.approx(-1 / 370) and p["ci95"] == pytest.approx([-1 / 370, -1 / 370])
+    assert (p["win"], p["tie"], p["loss"]) == (0, 0, 3)
+    assert json.loads(json.dumps(p))["p"] is None  # report.json: null, not NaN
+    # exactly equal floats too
+    q = stats.paired({0: 0.5, 1: 0.75}, {0: 0.25, 1: 0.5})
+    assert q is not None and q["p"] is None and q["mean_diff"] == 0.25
+
+
+def test_nearly_equal_differences_still_get_a_t_test() -> None:
+    # d = (0.01, 0.01, 0.02): mean 0.01333, sd 0.005774, t = 0.01333 / (0.005774 / sqrt 3) = 4.0, df 2;
+    # for df 2 the two-sided p is 1 - t / sqrt(t^2 + 2) = 1 - 4 / sqrt 18 = 0.05719
+    p = stats.paired({0: 0.51, 1: 0.61, 2: 0.72}, {0: 0.5, 1: 0.6, 2: 0.7})
+    assert p is not None and "p_undefined" not in p
+    assert p["p"] == pytest.approx(1 - 4 / math.sqrt(18), rel=1e-6)
+
+
+def test_identical_differences_with_wilcoxon_stay_defined() -> None:
+    # Wilcoxon uses signs and ranks only: six equal positive differences give the exact minimum 2 / 2^6
+    base = dict.fromkeys(range(6), 0.5)
+    p = stats.paired({s: 0.52 for s in range(6)}, base)
+    assert p is not None and p["test"] == "Wilcoxon signed-rank"
+    assert p["p"] == pytest.approx(2 / 2**6) and "p_undefined" not in p
+
+
+def test_report_prints_an_undefined_p_as_such() -> None:
+    from cafusion.compare import report
+
+    entry = {"versus": {"none": stats.paired({0: 0.9, 1: 0.8, 2: 0.7}, {0: 0.91, 1: 0.81, 2: 0.71})}}
+    assert report._versus(entry, "none") == "-1.00 (p=n/a (identical differences); 0/0/3)"
+    defined = {"versus": {"none": stats.paired({0: 0.51, 1: 0.61, 2: 0.72}, {0: 0.5, 1: 0.6, 2: 0.7})}}
+    assert report._versus(defined, "none") == "+1.33 (p=0.0572; 3/0/0)"
+    tables = {"tables": [{"variants": [entry, defined]}]}
+    assert report._any_undefined(tables) and not report._any_undefined({"tables": [{"variants": [defined]}]})
 
 
 def test_ranks_friedman_and_nemenyi() -> None:

@@ -45,6 +45,12 @@ PUBLISHED = {
     ("JapaneseVowels", "resnet"): 99.2,
     ("BasicMotions", "resnet"): 100.0,
 }
+UNDEFINED_CELL = "n/a (identical differences)"
+UNDEFINED_NOTE = (
+    "p=n/a (identical differences): every seed's paired difference is the same non-zero amount (often one "
+    "test series), so the paired t-test has no variance to work with and is undefined. It is not evidence "
+    "of a strong effect; read the win/tie/loss and the size of the difference instead."
+)
 CONSISTENCY = (
     "caft_sum vs cbam is a consistency check, not a finding: with T = 1 and a sigmoid gate caft_sum computes "
     "CBAM's channel attention, so the two should differ only by their initial block weights. The seed's own "
@@ -240,7 +246,14 @@ def _versus(entry: dict[str, Any], baseline: str) -> str:
     v = entry["versus"].get(baseline)
     if v is None:
         return "–"
-    return f"{100 * v['mean_diff']:+.2f} (p={v['p']:.3g}; {v['win']}/{v['tie']}/{v['loss']})"
+    p = UNDEFINED_CELL if v["p"] is None else f"{v['p']:.3g}"
+    return f"{100 * v['mean_diff']:+.2f} (p={p}; {v['win']}/{v['tie']}/{v['loss']})"
+
+
+def _any_undefined(report: dict[str, Any]) -> bool:
+    return any(
+        c is not None and c["p"] is None for t in report["tables"] for v in t["variants"] for c in v["versus"].values()
+    )
 
 
 def _summary(report: dict[str, Any]) -> list[str]:
@@ -284,6 +297,8 @@ def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
         f"> {CONSISTENCY}",
         "",
     ]
+    if _any_undefined(report):
+        lines += [UNDEFINED_NOTE, ""]
     lines += _summary(report)
     for t in report["tables"]:
         pub = "" if t["published_acc"] is None else f"; published {t['model']} mean: {t['published_acc']:.1f}%"

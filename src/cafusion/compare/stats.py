@@ -8,6 +8,12 @@ the paired t-test: Wilcoxon's exact signed-rank test cannot reach p < 0.05 with 
 which does not assume normal differences. p-values are per comparison, not corrected for multiple
 comparisons; the report says so.
 
+When every pair differs by the same non-zero amount (for example one test series in each of three
+seeds), the differences have no spread: the t statistic is mean / 0 and scipy returns p = 0, which
+would read as overwhelming evidence. The t-test is undefined there, so ``paired`` returns p = None
+and says why (``p_undefined``). Wilcoxon's signed-rank test stays defined (it uses only the signs
+and ranks), and when every difference is zero both tests give p = 1.
+
 Across data sets: the mean rank of each variant (rank 1 = best mean accuracy, ties averaged), the
 Friedman test, and the Nemenyi critical difference of Demsar 2006.
 """
@@ -21,6 +27,10 @@ from typing import Any
 import numpy as np
 
 WILCOXON_MIN = 6
+UNDEFINED_EQUAL = "all pairs differ by the same amount: the t-test is undefined (zero variance)"
+# Differences this close (relative to their size) count as equal: a - b over seeds can differ by
+# float rounding even when every seed lost the same test series.
+EQUAL_RTOL = 1e-9
 # Nemenyi two-tailed q at alpha 0.05 for k = 2..10 (Demsar 2006, table 5a).
 NEMENYI_Q05 = {2: 1.960, 3: 2.343, 4: 2.569, 5: 2.728, 6: 2.850, 7: 2.949, 8: 3.031, 9: 3.102, 10: 3.164}
 
@@ -37,8 +47,17 @@ def describe(values: Sequence[float]) -> dict[str, Any]:
     return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half] if n > 1 else None}
 
 
+def all_equal(diff: np.ndarray) -> bool:
+    """Whether every difference is the same (up to float rounding, ``EQUAL_RTOL`` of the largest)."""
+    return bool(np.ptp(diff) <= EQUAL_RTOL * np.abs(diff).max())
+
+
 def paired(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, Any] | None:
-    """Paired comparison over the seeds both have; None if they share fewer than 2 seeds."""
+    """Paired comparison over the seeds both have; None if they share fewer than 2 seeds.
+
+    ``p`` is None when the paired t-test is undefined (every difference the same non-zero value);
+    the result then has ``p_undefined``, the reason. The key is absent otherwise.
+    """
     from scipy import stats
 
     seeds = sorted(set(variant) & set(baseline))
@@ -47,18 +66,19 @@ def paired(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, A
     diff = np.array([variant[s] - baseline[s] for s in seeds], dtype=np.float64)
     summary = describe(diff.tolist())
     wins, ties = int((diff > 0).sum()), int((diff == 0).sum())
+    undefined = None
+    p: float | None
     if not diff.any():
         test, p = ("paired t-test" if len(seeds) < WILCOXON_MIN else "Wilcoxon signed-rank"), 1.0
     elif len(seeds) < WILCOXON_MIN:
         test = "paired t-test"
-        p = (
-            0.0
-            if diff.std() == 0
-            else float(stats.ttest_rel(list(variant[s] for s in seeds), [baseline[s] for s in seeds]).pvalue)
-        )
+        if all_equal(diff):
+            p, undefined = None, UNDEFINED_EQUAL
+        else:
+            p = float(stats.ttest_rel([variant[s] for s in seeds], [baseline[s] for s in seeds]).pvalue)
     else:
         test, p = "Wilcoxon signed-rank", float(stats.wilcoxon(diff).pvalue)
-    return {
+    result: dict[str, Any] = {
         "seeds": seeds,
         "diff": diff.tolist(),
         "mean_diff": summary["mean"],
@@ -69,6 +89,9 @@ def paired(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, A
         "tie": ties,
         "loss": len(seeds) - wins - ties,
     }
+    if undefined is not None:
+        result["p_undefined"] = undefined
+    return result
 
 
 def ranks(table: dict[str, dict[str, float]]) -> dict[str, Any] | None:
