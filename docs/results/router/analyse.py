@@ -204,8 +204,8 @@ def main() -> int:
                     cells.append("–")
                     continue
                 p = t["p"]
-                # the t-test's p is 0 when the seeds' differences are all equal (no spread): no test
-                p_text = "–" if p is None else ("n/a, equal diffs" if p == 0 else f"{p:.2g}")
+                # no p (the report's p_undefined) when the seeds' differences are all equal: no spread, no test
+                p_text = "n/a, equal diffs" if p is None and t.get("p_undefined") else ("–" if p is None else f"{p:.2g}")
                 cells.append(f"{100 * t['mean_diff']:+.2f} (p {p_text}, {t['win']}/{t['tie']}/{t['loss']})")
             print(f"| {table['dataset']} | {v} | " + " | ".join(cells) + " |")
     main_runs = HERE.parent / "fcn" / "runs"
