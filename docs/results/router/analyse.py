@@ -205,7 +205,9 @@ def main() -> int:
                     continue
                 p = t["p"]
                 # no p (the report's p_undefined) when the seeds' differences are all equal: no spread, no test
-                p_text = "n/a, equal diffs" if p is None and t.get("p_undefined") else ("–" if p is None else f"{p:.2g}")
+                p_text = "–" if p is None else f"{p:.2g}"
+                if p is None and t.get("p_undefined"):
+                    p_text = "n/a, equal diffs"
                 cells.append(f"{100 * t['mean_diff']:+.2f} (p {p_text}, {t['win']}/{t['tie']}/{t['loss']})")
             print(f"| {table['dataset']} | {v} | " + " | ".join(cells) + " |")
     main_runs = HERE.parent / "fcn" / "runs"
