@@ -397,7 +397,7 @@ void pool_prefix_impl(const Tensor& x3, const int64_t* len, Tensor& avg, Tensor&
       if constexpr (std::is_same_v<T, float>) {
         if (g_gather_rows && n <= g_gather_max_n && (kLanes - 1) * v.c + n < (int64_t(1) << 31)) {
           alignas(64) int32_t off[kLanes];
-          for (int64_t l = 0; l < kLanes; ++l) off[l] = static_cast<int32_t>(std::min(l, width - 1) * v.c);
+          group_offsets(v, C, r0, width, off);  // rows of one sample: multiples of v.c from `first`
           pool_rows16_f32(first, off, width, n, pa + r0, pm + r0, pi + r0);
           continue;
         }
@@ -441,8 +441,13 @@ inline std::vector<int64_t> prefix_lengths(const Tensor& valid) {  // -1 where a
   return out;
 }
 
+inline bool all_prefixes(const std::vector<int64_t>& prefix) {
+  return std::all_of(prefix.begin(), prefix.end(), [](int64_t n) { return n > 0; });
+}
+
 template <typename T>
-void pool_masked_impl(const Tensor& x3, const Tensor& valid, Tensor& avg, Tensor& mx, Tensor& idx) {
+void pool_masked_impl(const Tensor& x3, const Tensor& valid, const std::vector<int64_t>& prefix, Tensor& avg,
+                      Tensor& mx, Tensor& idx) {
   using A = acc_t<T>;
   const int64_t B = x3.size(0), C = x3.size(1), N = x3.size(2);
   const View v = view_of(x3);
@@ -451,7 +456,6 @@ void pool_masked_impl(const Tensor& x3, const Tensor& valid, Tensor& avg, Tensor
   A* pa = avg.data_ptr<A>();
   A* pm = mx.data_ptr<A>();
   int64_t* pi = idx.data_ptr<int64_t>();
-  const std::vector<int64_t> prefix = prefix_lengths(valid);
   const bool rows = rows_layout(x3);
   at::parallel_for(0, B * C, rows ? grain_rows(N) : kGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
@@ -658,12 +662,12 @@ inline std::vector<Tensor> pool_stats(const Tensor& x3, bool need_index, const O
   } else if (avg.numel() != 0 && valid.has_value()) {
     const Tensor vm = valid->contiguous();
     const std::vector<int64_t> prefix = prefix_lengths(vm);  // a 1D mask is usually lengths in disguise
-    if (std::all_of(prefix.begin(), prefix.end(), [](int64_t n) { return n > 0; })) {
+    if (all_prefixes(prefix)) {
       CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_prefix",
                         [&] { pool_prefix_impl<scalar_t>(x3, prefix.data(), avg, mx, idx); });
     } else {
       CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_masked",
-                        [&] { pool_masked_impl<scalar_t>(x3, vm, avg, mx, idx); });
+                        [&] { pool_masked_impl<scalar_t>(x3, vm, prefix, avg, mx, idx); });
     }
   } else if (avg.numel() != 0) {
     CAFUSION_DISPATCH(x3.scalar_type(), "cafusion_pool_stats", [&] { pool_impl<scalar_t>(x3, avg, mx, idx); });
@@ -709,7 +713,7 @@ inline Tensor grad_input(const Tensor& dy, const Tensor& ca, const Tensor& g_avg
   const Tensor vm = valid.has_value() ? (lengths ? valid->to(at::kLong) : *valid).contiguous() : Tensor();
   std::vector<int64_t> prefix;  // a mask whose samples are all prefixes runs as lengths (vectorised rows)
   if (vm.defined() && !lengths) prefix = prefix_lengths(vm);
-  const bool as_prefix = !prefix.empty() && std::all_of(prefix.begin(), prefix.end(), [](int64_t n) { return n > 0; });
+  const bool as_prefix = !prefix.empty() && all_prefixes(prefix);
   const bool* pv = vm.defined() && !lengths && !as_prefix ? vm.data_ptr<bool>() : nullptr;
   const int64_t* pl = lengths ? vm.data_ptr<int64_t>() : (as_prefix ? prefix.data() : nullptr);
   CAFUSION_DISPATCH(t, "cafusion_grad_input", [&] { grad_input_impl<scalar_t>(dy3, c, a, m, i, pv, pl, dx3); });
