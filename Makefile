@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick gpu-check soak clean
+.PHONY: demo test test-triton-full lint bench bench-quick gpu-check soak clean
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,7 @@ gpu-check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
+
+# The Triton interpreter sweeps in full (make test runs a fixed sample of their cases); minutes on a CPU.
+test-triton-full: $(STAMP)
+	CAFUSION_TRITON_FULL=1 $(PY) -m pytest -q tests/test_triton_kernels.py tests/test_triton_small.py tests/test_backends.py -k "interpreter"

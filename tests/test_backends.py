@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests import backend_harness as h
+from tests.sweep import full_sweep
 
 
 @pytest.mark.parametrize("backend", ["pytorch", "native", "op"])
@@ -53,8 +54,14 @@ def test_triton_backend_matches_composite_under_interpreter() -> None:
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "src"), str(root), env.get("PYTHONPATH")) if p)
     script = Path(h.__file__)
+    mode = [] if full_sweep() else ["quick"]  # the whole sweep: make test-triton-full
     proc = subprocess.run(
-        [sys.executable, str(script), "triton"], env=env, capture_output=True, text=True, timeout=900, check=False
+        [sys.executable, str(script), "triton", *mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "checked" in proc.stdout and ": 0 mismatches" in proc.stdout

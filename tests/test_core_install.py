@@ -1,13 +1,15 @@
 """A fresh virtual environment with only the core dependencies (pyproject's ``dependencies``): every
 command either works or says in one line which extra to install.
 
-pip installs a copy of this checkout (not editable) and resolves the core dependencies itself; torch
-comes from ``CAFUSION_CORE_TORCH`` (a requirement or a local wheel; ``.ci/run`` points it at a CPU
-wheel so CI need not unpack the CUDA build), default the same range as pyproject.
+pip installs a copy of this checkout (not editable) and resolves the core dependencies itself. torch is
+the one exception: the fresh environment sees this environment's torch (and only what torch itself
+requires) through a ``.pth`` file of links, so the test downloads no second torch (several GB with the
+CUDA wheels) while numpy and safetensors still have to come from pyproject's requirements.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -16,10 +18,40 @@ import venv
 from pathlib import Path
 
 import numpy as np
+from packaging.requirements import Requirement
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--widths", "4,8", "--epochs", "1", "--batch-size", "4", "--no-progress"]
+
+
+def _torch_closure() -> set[str]:
+    """torch and what it requires, recursively (markers evaluated here), as distribution names."""
+    seen: set[str] = set()
+    todo = ["torch"]
+    while todo:
+        name = todo.pop()
+        key = name.lower().replace("_", "-")
+        if key in seen:
+            continue
+        seen.add(key)
+        for line in importlib.metadata.distribution(name).requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return seen
+
+
+def _link_torch(target: Path) -> None:
+    """Links to the top-level files and folders of torch's distributions (metadata included) in ``target``."""
+    target.mkdir()
+    for name in _torch_closure():
+        dist = importlib.metadata.distribution(name)
+        for top in {Path(f).parts[0] for f in dist.files or []}:
+            source = Path(str(dist.locate_file(top)))
+            if top.endswith(".pth") or top == ".." or not source.exists() or (target / top).exists():
+                continue
+            (target / top).symlink_to(source)
 
 
 def _venv(tmp: Path) -> Path:
@@ -27,8 +59,15 @@ def _venv(tmp: Path) -> Path:
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "runs", "reports"))
     venv.EnvBuilder(with_pip=True).create(tmp / "venv")
     python = tmp / "venv" / "bin" / "python"
-    torch = os.environ.get("CAFUSION_CORE_TORCH", "torch>=2.6,<3")
-    cmd = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", torch, str(source)]
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    _link_torch(tmp / "torch-only")
+    (Path(site) / "torch-only.pth").write_text(str(tmp / "torch-only") + "\n")
+    cmd = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(source)]
     subprocess.run(cmd, check=True, timeout=900, capture_output=True)
     return python
 
@@ -57,6 +96,11 @@ def test_core_only_install(tmp_path: Path) -> None:
     extras = ("PIL", "tqdm", "sklearn", "matplotlib", "ninja")
     probe = f"import importlib.util as u; print([m for m in {extras!r} if u.find_spec(m)])"
     assert _run(python, "-c", probe, cwd=work).stdout.strip() == "[]"
+    # numpy and safetensors were installed by pip from pyproject's dependencies (not linked); torch is linked
+    where = "import numpy, safetensors, torch; print(numpy.__file__, safetensors.__file__, torch.__file__)"
+    numpy_file, safetensors_file, torch_file = _run(python, "-c", where, cwd=work).stdout.split()
+    assert str(tmp_path / "venv") in numpy_file and str(tmp_path / "venv") in safetensors_file
+    assert "torch-only" in torch_file
     imported = _run(python, "-c", "import cafusion, numpy, safetensors", cwd=work)
     assert imported.returncode == 0 and imported.stderr == "", imported.stderr
 
