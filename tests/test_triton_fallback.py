@@ -8,6 +8,7 @@ is called directly on CPU tensors, with ``triton.is_available`` answered by the 
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -159,3 +160,23 @@ def test_block_runs_without_triton_installed() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+
+
+@pytest.mark.usefixtures("fresh_caches")
+def test_broken_triton_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed triton whose import fails is not silent: one RuntimeWarning names the error."""
+    real = importlib.import_module
+
+    def broken(name: str, package: str | None = None) -> object:
+        if name.endswith(("passes_kernels", "small_kernels")):
+            raise OSError("libcuda.so: cannot open shared object file")
+        return real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.warns(RuntimeWarning, match="triton is installed but fails to import .*libcuda") as record:
+        assert passes._kernels() is None
+    assert len(record) == 1
+    x = _fake_cuda(torch.float32, 64)
+    with pytest.warns(RuntimeWarning):
+        assert triton_small._kernels() is None
+    assert not triton_backend.is_available(x)

@@ -157,7 +157,7 @@ def _fsync_dir(folder: Path) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:
+    except OSError:  # some file systems refuse fsync on a folder; the file itself was fsynced already
         pass
     finally:
         os.close(fd)

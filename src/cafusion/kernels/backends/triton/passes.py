@@ -1,6 +1,6 @@
 """The four big-tensor passes of the fast path as Triton kernels, for CUDA tensors.
 
-Same names and signatures as the CPU versions in ``cafusion.kernels.cpu``; every function takes the
+Same names and signatures as the PyTorch backend's passes (``backends/pytorch/passes.py``); every function takes the
 (B, C, N) view ``x3 = x.flatten(2)`` with any strides. Triton is imported lazily (only when a CUDA
 tensor asks, or when ``TRITON_INTERPRET=1`` runs the kernels on the CPU for tests), so ``import
 cafusion`` never needs it. Low-precision inputs are read as-is and accumulated in float32.
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
+import warnings
 from types import ModuleType
 
 import torch
@@ -35,14 +37,33 @@ _PLAIN_MAX = True
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def import_kernels(name: str) -> ModuleType | None:
+    """``cafusion.kernels.backends.triton.<name>``, or None when triton cannot be imported.
+
+    Without triton (not installed) the PyTorch backend runs instead, silently: that is the documented
+    fallback. A triton that is installed but fails to import (a broken or mismatched install) falls back
+    too, with one warning that names the error, since the user expects the GPU kernels there.
+    """
+    try:
+        return importlib.import_module(f"cafusion.kernels.backends.triton.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != "triton" and not (exc.name or "").startswith("triton."):
+            raise
+        return None
+    except Exception as exc:  # triton's import raises many kinds (driver, compiler, version checks)
+        warnings.warn(
+            f"cafusion: triton is installed but fails to import ({type(exc).__name__}: {exc}); "
+            "CUDA tensors run the PyTorch backend instead",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+
+
 @functools.cache
 def _kernels() -> ModuleType | None:
     """The kernel module, or None when triton is missing or broken (the caller then falls back)."""
-    try:
-        from cafusion.kernels.backends.triton import passes_kernels as triton_kernels
-    except Exception:  # any import-time failure of triton means "not available", never an error
-        return None
-    return triton_kernels
+    return import_kernels("passes_kernels")
 
 
 def is_available(x: Tensor) -> bool:

@@ -1,10 +1,10 @@
 """The small (B, C) path as fused Triton kernels: ``small.forward``/``small.backward`` in 1 + 2 launches.
 
-Same contract as ``cafusion.kernels.small`` (the same ``Forward``/``Grads`` fields, shapes and dtypes),
+Same contract as the PyTorch backend's ``small.py`` (the same ``Forward``/``Grads`` fields, shapes and dtypes),
 for float32 compute on a CUDA device; ``dispatch.small_path`` picks it, ``small`` runs everywhere else
 (CPU, float64). In PyTorch the small path is ~15 launches forward and ~35 backward, each tiny, which
 on a GPU cost as much as the four big-tensor passes together. Triton is imported lazily, as in
-``triton_ops``.
+``passes.py``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,7 @@ _NUM_WARPS = 4
 @functools.cache
 def _kernels() -> ModuleType | None:
     """The kernel module, or None when triton is missing or broken (the caller then falls back)."""
-    try:
-        from cafusion.kernels.backends.triton import small_kernels as triton_small_kernels
-    except Exception:  # any import-time failure of triton means "not available", never an error
-        return None
-    return triton_small_kernels
+    return triton_ops.import_kernels("small_kernels")
 
 
 def is_available(avg: Tensor) -> bool:
