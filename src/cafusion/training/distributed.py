@@ -135,12 +135,3 @@ def all_gather_object(ctx: DistContext, obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def broadcast_object(ctx: DistContext, obj: Any) -> Any:
-    """Rank 0's ``obj`` on every rank; used so that all ranks fail together or not at all."""
-    if not ctx.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -430,11 +430,6 @@ def state_digest_of(digests: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{k}:{v};" for k, v in digests.items()).encode()).hexdigest()
 
 
-def state_digest(model: nn.Module) -> str:
-    """SHA-256 of the whole state dict: equal iff every tensor is bit-identical."""
-    return state_digest_of(tensor_digests(model))
-
-
 def prepare_out(out: Path, rank: int) -> None:
     """Create the run folder and prove it is writable before any data is read (each rank probes)."""
     if out.exists() and not out.is_dir():
