@@ -7,7 +7,7 @@ another machine rebuilds instead of loading a stale or illegal binary. Building 
 once; ``cafusion build-native`` does it ahead of time. Later processes import the built file directly.
 
 Without a C++ compiler or ninja, or with ``CAFUSION_NATIVE=0``, ``library()`` is None and the fast
-path runs its PyTorch primitives (``kernels/cpu.py``): the same results, only slower. A failed build
+path runs its PyTorch backend (``kernels/backends/pytorch/``): the same results, only slower. A failed build
 warns once and never raises into the model.
 """
 

@@ -10,7 +10,7 @@
 
 namespace cafusion {
 
-// The small path on (B, C) matrices: cafusion/kernels/small.py, op for op.
+// The small path on (B, C) matrices: cafusion/kernels/backends/pytorch/small.py, op for op.
 
 inline Tensor mat(const Tensor& w, at::ScalarType dtype) { return cast(w.flatten(1), dtype); }
 inline OptTensor vec(const OptTensor& b, at::ScalarType dtype) {
