@@ -8,11 +8,15 @@ Collection uses the block's inspector hook, so user code is unchanged and the fo
 untouched. Each forward only adds into small on-device tensors (no host sync); ``step()`` closes a
 step: it sums the counters across ranks when torch.distributed is initialised, converts them to
 Python numbers once, and appends them to ``history``. After ``detach()`` no hook remains.
+
+A router that sends nearly every sample to one path for ``collapse_epochs`` consecutive steps
+raises one ``RouterCollapseWarning`` per block: such a block pays for a router it does not use.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +31,12 @@ from cafusion import _validation as check
 from cafusion.layers import ChannelAttentionFusionT
 
 # Layout of the flat counter vector of one block; the histogram and the per-class sums follow it.
-_N, _SUM_W, _SUM_W2, _N_MAX, _N_CA, _CA_LOW, _CA_HIGH, _SUM_T, _N_T = range(9)
-_N_SCALARS = 9
+_N, _SUM_W, _SUM_W2, _N_MAX, _N_CA, _CA_LOW, _CA_HIGH, _SUM_T, _N_T, _W_LOW, _W_HIGH = range(11)
+_N_SCALARS = 11
+
+
+class RouterCollapseWarning(UserWarning):
+    """A router has sent (almost) every sample to one path for several consecutive steps."""
 
 
 @dataclass
@@ -50,6 +58,8 @@ class BlockStats:
     gate_low: float = 0.0
     gate_high: float = 0.0
     T: float | None = None
+    w_avg_low: float | None = None  # share of samples with w_avg < low: all weight on max
+    w_avg_high: float | None = None  # share with w_avg > high: all weight on avg
 
     @property
     def saturation(self) -> float:
@@ -70,7 +80,17 @@ class BlockStats:
             "gate_high": self.gate_high,
             "saturation": self.saturation,
             "T": self.T,
+            "w_avg_low": self.w_avg_low,
+            "w_avg_high": self.w_avg_high,
         }
+
+    def collapsed(self, share: float = 0.9) -> str | None:
+        """'avg' or 'max' when more than ``share`` of the samples put all weight on that path, else None."""
+        if self.w_avg_high is not None and self.w_avg_high > share:
+            return "avg"
+        if self.w_avg_low is not None and self.w_avg_low > share:
+            return "max"
+        return None
 
 
 class _Counters:
@@ -134,6 +154,7 @@ class _Counters:
             return
         w = fusion_w.detach()[:, 0].to(flat.dtype)
         flat[_SUM_W : _N_MAX + 1] += torch.stack([w.sum(), (w * w).sum(), (w < 0.5).sum().to(flat.dtype)])
+        flat[_W_LOW : _W_HIGH + 1] += torch.stack([(w < lo).sum(), (w > hi).sum()]).to(flat.dtype)
         # Histogram by comparison with the bin indices: deterministic on every device, unlike histc.
         idx = (w * self.bins).long().clamp_(0, self.bins - 1)
         flat[_N_SCALARS : _N_SCALARS + self.bins] += (idx[:, None] == torch.arange(self.bins, device=w.device)).sum(0)
@@ -201,13 +222,14 @@ def _reduce(flats: list[Tensor], num_classes: list[int], bins: int) -> list[Tens
 def _stats(name: str, step: int | None, flat: Tensor, bins: int, has_router: bool) -> BlockStats:
     values = flat.tolist()
     n_w, n_ca, n_t = values[_N], values[_N_CA], values[_N_T]
-    mean = std = prefer = None
+    mean = std = prefer = w_low = w_high = None
     hist = None
     classes: dict[int, float] = {}
     if has_router and n_w > 0:
         mean = values[_SUM_W] / n_w
         std = max(values[_SUM_W2] / n_w - mean * mean, 0.0) ** 0.5
         prefer = values[_N_MAX] / n_w
+        w_low, w_high = values[_W_LOW] / n_w, values[_W_HIGH] / n_w
         hist = [int(v) for v in values[_N_SCALARS : _N_SCALARS + bins]]
         k = (len(values) - _N_SCALARS - bins) // 2
         sums, counts = values[_N_SCALARS + bins : _N_SCALARS + bins + k], values[_N_SCALARS + bins + k :]
@@ -224,6 +246,8 @@ def _stats(name: str, step: int | None, flat: Tensor, bins: int, has_router: boo
         gate_low=values[_CA_LOW] / n_ca if n_ca else 0.0,
         gate_high=values[_CA_HIGH] / n_ca if n_ca else 0.0,
         T=values[_SUM_T] / n_t if n_t else None,
+        w_avg_low=w_low,
+        w_avg_high=w_high,
     )
 
 
@@ -242,6 +266,11 @@ class FusionMonitor:
 
     ``step()`` closes one step (an iteration or an epoch, as the caller chooses) and returns its
     per-block stats; ``summary()`` covers every forward since the monitor was created or reset.
+
+    Collapse alarm: when, for ``collapse_epochs`` consecutive steps, more than ``collapse_share`` of
+    a block's samples have w_avg beyond ``low``/``high``, ``step()`` warns once for that block
+    (``RouterCollapseWarning``; on rank 0 only under torch.distributed). ``collapse_alarm=False``
+    turns it off; ``collapsed`` maps each alarmed block to (path, first step of the run).
     """
 
     def __init__(
@@ -253,6 +282,9 @@ class FusionMonitor:
         high: float = 0.99,
         num_classes: int | None = None,
         attach: bool = True,
+        collapse_alarm: bool = True,
+        collapse_epochs: int = 3,
+        collapse_share: float = 0.9,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -261,6 +293,13 @@ class FusionMonitor:
         self.high = check.positive_finite("high", high)
         if not self.low < self.high < 1:
             raise ValueError(f"need 0 < low < high < 1, got low={low!r}, high={high!r}")
+        if not isinstance(collapse_alarm, bool):
+            raise TypeError(f"collapse_alarm must be a bool, got {type(collapse_alarm).__name__}")
+        self.collapse_alarm = collapse_alarm
+        self.collapse_epochs = check.positive_int("collapse_epochs", collapse_epochs)
+        self.collapse_share = check.positive_finite("collapse_share", collapse_share)
+        if not self.collapse_share < 1:
+            raise ValueError(f"collapse_share must be in (0, 1), got {collapse_share!r}")
         classes = 0 if num_classes is None else check.positive_int("num_classes", num_classes)
         self.model = model
         self.blocks: dict[str, ChannelAttentionFusionT] = {
@@ -271,6 +310,8 @@ class FusionMonitor:
         self._labels: tuple[Tensor, int] | None = None
         self.history: list[BlockStats] = []
         self.steps = 0
+        self.collapsed: dict[str, tuple[str, int]] = {}
+        self._runs: dict[str, tuple[str, int]] = {}  # block -> (path, first step) of the current run
         if attach:
             self.attach()
 
@@ -356,7 +397,34 @@ class FusionMonitor:
         stats = self._collect(self.steps)
         self.history.extend(stats)
         self.steps += 1
+        if self.collapse_alarm:
+            self._check_collapse(stats)
         return stats
+
+    def _check_collapse(self, stats: list[BlockStats]) -> None:
+        """Track each block's run of collapsed steps; warn once when a run reaches collapse_epochs."""
+        for s in stats:
+            side = s.collapsed(self.collapse_share) if s.samples else None
+            run = self._runs.get(s.block)
+            if side is None:
+                self._runs.pop(s.block, None)
+                continue
+            if run is None or run[0] != side:
+                run = self._runs[s.block] = (side, s.step or 0)
+            if s.block in self.collapsed or (s.step or 0) - run[1] + 1 < self.collapse_epochs:
+                continue
+            self.collapsed[s.block] = run
+            if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+                continue
+            share = s.w_avg_high if side == "avg" else s.w_avg_low
+            limit = f"w_avg > {self.high:g}" if side == "avg" else f"w_avg < {self.low:g}"
+            warnings.warn(
+                f"FusionMonitor: block {s.block!r}: the router has collapsed onto {side} since epoch {run[1] + 1} "
+                f"({limit} for {100 * (share or 0.0):.1f}% of samples, {self.collapse_epochs} consecutive steps); "
+                "the results suggest sum fusion (fusion='sum') computes the same gate cheaper; see docs/router.md",
+                RouterCollapseWarning,
+                stacklevel=3,
+            )
 
     def summary(self) -> list[BlockStats]:
         """Per-block stats over every forward since creation or ``reset()``, reduced over ranks.
@@ -371,6 +439,8 @@ class FusionMonitor:
             c.clear()
         self.history.clear()
         self.steps = 0
+        self.collapsed.clear()
+        self._runs.clear()
 
     def summary_table(self, stats: list[BlockStats] | None = None) -> str:
         """A fixed-width text table of ``stats`` (default: ``summary()``), one row per block."""
