@@ -17,14 +17,11 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
-import json
 import logging
 import os
 import platform
 import shutil
-import statistics
 import sys
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -108,8 +105,8 @@ def build(verbose: bool = False, advice: bool = True) -> ModuleType:
     module: ModuleType = load(
         name=folder.name,
         sources=[str(_SOURCE)],
-        extra_cflags=_CFLAGS,
-        extra_ldflags=_LDFLAGS,
+        extra_cflags=list(_CFLAGS),  # copies: torch appends to these lists, which would change build_name()
+        extra_ldflags=list(_LDFLAGS),
         build_directory=str(folder),
         verbose=verbose,
     )
@@ -170,60 +167,18 @@ def library() -> ModuleType | None:
     return lib
 
 
-# Row lengths at which the pool variants are compared: 7x7, 14x14 and 28x28 maps (~0.8M floats each).
-_CALIBRATION = ((64, 256, 49), (16, 256, 196), (4, 256, 784))
-
-
-def _pool_seconds(lib: ModuleType, x3: torch.Tensor, gathers: bool) -> float:
-    """Best of two medians of five pool_stats calls with the gathers on or off."""
-    lib.set_gather_rows(gathers)
-    best = float("inf")
-    for _ in range(2):
-        runs = []
-        for _ in range(5):
-            start = time.perf_counter()
-            lib.pool_stats(x3, True)
-            runs.append(time.perf_counter() - start)
-        best = min(best, statistics.median(runs))
-    return best
-
-
 def choose_pool_variant(lib: ModuleType) -> bool:
-    """Whether short float32 rows pool faster through AVX-512 gathers than row by row on this CPU, and up
-    to which row length (``lib.set_gather_max_n``).
+    """Whether short float32 rows are pooled 16 at a time through AVX-512 gathers (rows up to 1024
+    positions): off unless ``CAFUSION_POOL_GATHERS=1``.
 
-    Measured once per build and machine (the build folder is per CPU), remembered in ``pool_variant.json``:
-    both variants pool tensors with rows of 49, 196 and 784 positions; the gathers are used up to the
-    longest row length from which down they won every comparison. They won 1.7x on the CPU they were
-    written on and lost at 14x14 on a Zen 4 (issue 10), so no fixed choice is right everywhere.
-    ``CAFUSION_POOL_GATHERS=0/1`` overrides the measurement (1: every row up to 1024 positions).
+    Both variants add each row in the same order and keep the same first max, so they give the same
+    bits and the switch only changes speed (the gathers were 1.7x faster on one CPU, slower on a Zen 4).
+    Nothing is timed: a measurement must never decide a number.
     """
-    forced = os.environ.get(GATHER_ENV)
-    if forced is not None:
-        on = forced.strip().lower() not in ("0", "false", "no", "off")
-        lib.set_gather_max_n(1024 if on else 0)
-        return on
-    record = build_dir() / "pool_variant.json"
-    try:
-        saved = json.loads(record.read_text())
-        lib.set_gather_max_n(int(saved["gather_max_n"]))
-        return bool(saved["gathers"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    limit, seconds = 0, {}
-    lib.set_gather_max_n(1024)  # while measuring, the gathers take every row length they can
-    for shape in _CALIBRATION:
-        x3 = torch.randn(*shape)
-        rows, gathered = _pool_seconds(lib, x3, False), _pool_seconds(lib, x3, True)
-        seconds[str(shape[2])] = {"rows": rows, "gathers": gathered}
-        if gathered >= rows:
-            break
-        limit = shape[2]
-    lib.set_gather_max_n(limit)
-    choice = limit > 0
-    with contextlib.suppress(OSError):
-        record.write_text(json.dumps({"gathers": choice, "gather_max_n": limit, "seconds": seconds}))
-    return choice
+    forced = os.environ.get(GATHER_ENV, "0")
+    on = forced.strip().lower() not in ("0", "false", "no", "off", "")
+    lib.set_gather_max_n(1024 if on else 0)
+    return on
 
 
 def _build_error(exc: BaseException) -> str:

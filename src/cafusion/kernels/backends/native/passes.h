@@ -30,6 +30,7 @@ using OptTensor = c10::optional<Tensor>;
 constexpr int64_t kLanes = 16;    // independent accumulators per row: one AVX-512 register of floats
 constexpr int64_t kBlock = 1024;  // float partial sums are flushed into a double this often (accuracy)
 constexpr int64_t kChunk = 256;   // channels per task for channels_last maps (stack-sized accumulators)
+constexpr int64_t kShortRow = 64;   // rows shorter than this skip the 16-lane machinery (pool_rows_short)
 constexpr int64_t kGrain = 1 << 15;  // elements per parallel task: below this, one thread does it all
 
 struct View {
@@ -137,31 +138,62 @@ void pool_row(const T* p, int64_t n, acc_t<T>* avg, acc_t<T>* mx, int64_t* idx) 
 #if defined(__AVX512F__)
 // Short float32 rows (7x7, 14x14 maps, N <= kBlock): per-row lane bookkeeping (init, merge, tail)
 // costs ~50 ns, more than such a row's data. Here one AVX-512 lane is one row: 16 rows walk N together
-// through gathered loads (16 rows x 64-byte lines stay in L1), and no lanes are merged. Sums in double.
+// through gathered loads (16 rows x 64-byte lines stay in L1), and no lanes are merged. Each row's sum
+// is added in exactly the order of the row kernels (pool_rows_short below kShortRow, else pool_row's
+// 16 float lanes, halving tree, double tail), so both variants give the same bits.
 inline void pool_rows16_f32(const float* base, const int32_t* offsets, int64_t width, int64_t n, float* avg,
                             float* mx, int64_t* idx) {
   const __m512i off = _mm512_loadu_si512(offsets);
-  __m512d s_lo = _mm512_setzero_pd(), s_hi = _mm512_setzero_pd();
   __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __m512i ix = _mm512_setzero_si512();
-  for (int64_t k = 0; k < n; ++k) {
-    const __m512 v = _mm512_i32gather_ps(off, base + k, 4);
-    s_lo = _mm512_add_pd(s_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-    s_hi = _mm512_add_pd(s_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+  auto see = [&](const __m512 v, int64_t k) {
     const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) |
                            (_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) & _mm512_cmp_ps_mask(m, m, _CMP_ORD_Q));
     m = _mm512_mask_blend_ps(take, m, v);
     ix = _mm512_mask_blend_epi32(take, ix, _mm512_set1_epi32(static_cast<int32_t>(k)));
-  }
+  };
   alignas(64) double s[16];
+  alignas(64) float sf[16];
+  if (n < kShortRow) {  // pool_rows_short: one float sum per row, divided in float
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t k = 0; k < n; ++k) {
+      const __m512 v = _mm512_i32gather_ps(off, base + k, 4);
+      acc = _mm512_add_ps(acc, v);
+      see(v, k);
+    }
+    _mm512_store_ps(sf, acc);
+    for (int64_t l = 0; l < width; ++l) sf[l] = sf[l] / static_cast<float>(n);
+  } else {  // pool_row: lane l of a row sums its positions k = l mod 16, the lanes by halving, the tail in double
+    __m512 acc[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] = _mm512_setzero_ps();
+    const int64_t full = n - n % kLanes;
+    for (int64_t k = 0; k < full; k += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const __m512 v = _mm512_i32gather_ps(off, base + k + l, 4);
+        acc[l] = _mm512_add_ps(acc[l], v);
+        see(v, k + l);
+      }
+    }
+    for (int64_t w = kLanes / 2; w >= 1; w /= 2)
+      for (int64_t l = 0; l < w; ++l) acc[l] = _mm512_add_ps(acc[l], acc[l + w]);
+    __m512d s_lo = _mm512_cvtps_pd(_mm512_castps512_ps256(acc[0]));
+    __m512d s_hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[0]), 1)));
+    for (int64_t k = full; k < n; ++k) {
+      const __m512 v = _mm512_i32gather_ps(off, base + k, 4);
+      s_lo = _mm512_add_pd(s_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+      s_hi = _mm512_add_pd(s_hi, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+      see(v, k);
+    }
+    _mm512_store_pd(s, s_lo);
+    _mm512_store_pd(s + 8, s_hi);
+    for (int64_t l = 0; l < width; ++l) sf[l] = static_cast<float>(s[l] / static_cast<double>(n));
+  }
   alignas(64) float mm[16];
   alignas(64) int32_t ii[16];
-  _mm512_store_pd(s, s_lo);
-  _mm512_store_pd(s + 8, s_hi);
   _mm512_store_ps(mm, m);
   _mm512_store_si512(ii, ix);
   for (int64_t l = 0; l < width; ++l) {
-    avg[l] = static_cast<float>(s[l] / static_cast<double>(n));
+    avg[l] = sf[l];
     mx[l] = mm[l];
     idx[l] = ii[l];
   }
@@ -170,10 +202,11 @@ inline void pool_rows16_f32(const float* base, const int32_t* offsets, int64_t w
 #endif
 
 // Whether short float32 rows are pooled 16 at a time through AVX-512 gathers. Which is faster depends on
-// the CPU (1.7x faster on the machine it was written on, 4x slower on a Zen 4), so Python measures both
-// once per machine and sets this (cafusion/kernels/backends/native/__init__.py, choose_pool_variant).
+// the CPU (1.7x faster on the machine it was written on, 4x slower on a Zen 4); the results are the same
+// bits either way (same order of additions, same first max), so this is only a speed switch: off unless
+// CAFUSION_POOL_GATHERS=1 (cafusion/kernels/backends/native/__init__.py). Nothing measures it at load time.
 inline bool g_gather_rows = false;
-inline int64_t g_gather_max_n = 0;  // the longest rows that go through the gathers (measured, too)
+inline int64_t g_gather_max_n = 0;  // the longest rows that go through the gathers
 
 // Short rows go through the gathers when chosen and every row offset fits their int32 indices. (Only
 // pooling: for grad_ca's two inputs the per-row dot product measured faster everywhere it was tried.)
@@ -253,7 +286,6 @@ void each_row_group(int64_t rows, int64_t n, const F& f) {
 
 // Rows shorter than this skip the 16-lane machinery (its init, tail and merge cost more than the row):
 // kRowsAtOnce rows walk N together as independent scalar chains, which the core overlaps.
-constexpr int64_t kShortRow = 64;
 constexpr int64_t kRowsAtOnce = 8;
 
 template <typename T>
