@@ -98,3 +98,23 @@ def test_ranks_friedman_and_nemenyi() -> None:
     assert r["friedman_p"] is None  # two variants: no Friedman test
     assert r["nemenyi_cd"] == pytest.approx(1.960 * math.sqrt(2 * 3 / (6 * 3)))
     assert stats.ranks({"a": {"x": 1.0, "y": 0.5}}) is None
+
+
+def test_holm_by_hand() -> None:
+    # p = [0.01, 0.04, None, 0.03], m = 3 (None excluded). Sorted: 0.01*3=0.03, 0.03*2=0.06,
+    # 0.04*1=0.04 -> running max 0.06. Back in input order: [0.03, 0.06, None, 0.06].
+    assert stats.holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06])
+    assert stats.holm([0.6, 0.9]) == [1.0, 1.0]  # 0.6*2 clipped at 1
+    with pytest.raises(ValueError, match="pvalues"):
+        stats.holm([1.5])
+
+
+def test_effect_dz_by_hand() -> None:
+    # diffs 0.01, 0.02, 0.03: mean 0.02, sd 0.01, d_z = 2; half = t(0.975, 2) * 0.01 / sqrt(3).
+    e = stats.effect_dz([0.01, 0.02, 0.03])
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert e["mean"] == pytest.approx(0.02) and e["d_z"] == pytest.approx(2.0)
+    assert e["ci95"] == pytest.approx([0.02 - half, 0.02 + half])
+    assert stats.effect_dz([0.1, 0.1])["d_z"] is None
+    with pytest.raises(ValueError, match="diffs"):
+        stats.effect_dz([0.1])

@@ -126,3 +126,34 @@ def ranks(table: dict[str, dict[str, float]]) -> dict[str, Any] | None:
         "friedman_p": friedman_p,
         "nemenyi_cd": cd,
     }
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm step-down adjusted p-values for one family, in input order.
+
+    None (an undefined test) stays None and does not count towards the family size m.
+    """
+    idx = [i for i, p in enumerate(pvalues) if p is not None]
+    for i in idx:
+        p = pvalues[i]
+        if p is None or not 0.0 <= p <= 1.0:
+            raise ValueError(f"pvalues: each p must be in [0, 1] or None, got {p!r}")
+    m = len(idx)
+    order = sorted(idx, key=lambda i: float(pvalues[i] or 0.0))
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i] or 0.0)))
+        out[i] = running
+    return out
+
+
+def effect_dz(diffs: Sequence[float]) -> dict[str, Any]:
+    """Cohen's d_z (mean / sd of the paired differences) and the 95% t interval of the mean.
+
+    d_z is None when the differences have no spread (it would be infinite).
+    """
+    if len(diffs) < 2:
+        raise ValueError(f"diffs: need at least 2 paired differences, got {len(diffs)}")
+    d = describe(diffs)
+    return {"mean": d["mean"], "ci95": d["ci95"], "d_z": d["mean"] / d["std"] if d["std"] > 0 else None}
