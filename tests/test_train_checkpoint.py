@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cafusion.training.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    atomic_write_text,
-    load_checkpoint,
-    save_checkpoint,
-)
+from cafusion._files import atomic_write, atomic_write_text
+from cafusion.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cafusion.training.config import TrainConfig, check_resume_compatible
 
 

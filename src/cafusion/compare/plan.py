@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cafusion._files import atomic_write_text
 from cafusion.compare.config import RECIPE_BATCH_CAP, CompareConfig, Variant
 from cafusion.compare.sources import applied_norm, dataset_name
-from cafusion.training.checkpoint import atomic_write_text
 
 RUNS_DIR = "runs"
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]+")

@@ -15,10 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from cafusion._files import atomic_write_text
 from cafusion.compare import stats
 from cafusion.compare.config import BASELINES
 from cafusion.compare.plan import iter_results, stored_settings
-from cafusion.training.checkpoint import atomic_write_text
 
 CSV_FIELDS = (
     "dataset",

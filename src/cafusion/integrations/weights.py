@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from cafusion import __version__
+from cafusion._files import atomic_write, atomic_write_bytes
 
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -65,11 +66,8 @@ def write_safetensors(
     state: dict[str, Any], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
 ) -> Path:
     """Write ``state`` to ``path`` in safetensors format; ``metadata`` (str -> str) goes into the header."""
-    from safetensors.torch import save_file
-
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_file(storable(state), str(target), metadata=_header(metadata))
+    atomic_write_bytes(target, safetensors_bytes(state, metadata))
     return target
 
 
@@ -98,8 +96,8 @@ def save_weights(model: nn.Module, path: str | os.PathLike[str], *, metadata: di
         return write_safetensors(model.state_dict(), target, metadata)
     if metadata is not None:
         raise ValueError("metadata is only stored in .safetensors files")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), target)
+    state = model.state_dict()
+    atomic_write(target, lambda f: torch.save(state, f))
     return target
 
 

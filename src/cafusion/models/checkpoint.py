@@ -15,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from cafusion._files import atomic_write_text
 from cafusion.integrations.weights import WeightsError, read_safetensors, write_safetensors
 from cafusion.models.small_cnn import SmallCNN
 from cafusion.models.timeseries import FCN, ResNet
@@ -68,7 +69,7 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, Any] | None 
     spec = model_spec(model)
     write_safetensors(model.state_dict(), weights)
     sidecar = {"format_version": FORMAT_VERSION, "model": spec, "extra": extra or {}}
-    sidecar_path(weights).write_text(json.dumps(sidecar, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(sidecar_path(weights), json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return weights
 
 

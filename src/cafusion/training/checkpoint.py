@@ -12,16 +12,14 @@ written and read by ``cafusion.integrations.weights``, the one module for weight
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from cafusion._files import atomic_write, atomic_write_text
 from cafusion.integrations.weights import WeightsError, read_safetensors, safetensors_bytes
 
 POINTER = "latest.json"
@@ -42,30 +40,6 @@ class Checkpoint:
     config: dict[str, Any]
     epoch: int
     path: Path
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write ``path`` through a temporary sibling and ``os.replace``: readers see old or new, never half."""
-    tmp = ""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # name the file being written, not its temporary sibling
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_checkpoint(
@@ -147,17 +121,3 @@ def _first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's text, or its type when it has none."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (POSIX); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on a folder; the file itself was fsynced already
-        pass
-    finally:
-        os.close(fd)

@@ -37,12 +37,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DistributedSampler
 
+from cafusion._files import atomic_write_text
 from cafusion.diagnostics import FusionMonitor
 from cafusion.training import distributed as dist_utils
 from cafusion.training.checkpoint import (
     POINTER,
     CheckpointError,
-    atomic_write_text,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
