@@ -74,6 +74,21 @@ def test_missing_or_damaged_parts(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "latest.json")
 
 
+def test_truncated_state_names_the_file_and_the_previous_checkpoint(tmp_path: Path) -> None:
+    w, s = _state(0)
+    save_checkpoint(tmp_path / "old", 1, w, s, {})
+    path = save_checkpoint(tmp_path, 2, w, s, {}, model_spec={"name": "small_cnn"})
+    for part in (tmp_path / "old" / "checkpoints").iterdir():  # a kept earlier set, e.g. a user's copy
+        (path.parent / part.name).write_bytes(part.read_bytes())
+    state = path.with_name("epoch-0002.state.pt")
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"epoch-0002\.state\.pt' is corrupt or truncated") as info:
+        load_checkpoint(tmp_path)
+    assert "the previous checkpoint is" in str(info.value) and "epoch-0001.safetensors" in str(info.value)
+    light = load_checkpoint(tmp_path, with_state=False)  # weights and sidecar only
+    assert light.state == {} and light.model_spec == {"name": "small_cnn"} and light.epoch == 2
+
+
 def test_resume_compatibility() -> None:
     stored = TrainConfig(data="a", attention="caft", lr=0.01).validate().as_dict()
     check_resume_compatible(TrainConfig(data="a", lr=0.01, epochs=50, out="elsewhere").validate(), stored, "c")

@@ -126,7 +126,17 @@ def _error_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
         first = ["train", "--data", data, "--out", tmp_path / "first", "--epochs", "1", "--batch-size", "4", *TINY]
         assert cafusion(*first).returncode == 0
         (tmp_path / "first" / "checkpoints" / "epoch-0001.state.pt").write_bytes(b"")
-        return ["--data", data, "--resume", tmp_path / "first", "--epochs", "2"], "state.pt' is empty (0 bytes)"
+        return ["--data", data, "--resume", tmp_path / "first", "--epochs", "2"], (
+            "state.pt' is corrupt or truncated (0 bytes); no earlier checkpoint is kept in that folder"
+        )
+    if case == "truncated state":
+        first = ["train", "--data", data, "--out", tmp_path / "first", "--epochs", "1", "--batch-size", "4", *TINY]
+        assert cafusion(*first).returncode == 0
+        state = tmp_path / "first" / "checkpoints" / "epoch-0001.state.pt"
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+        return ["--data", data, "--resume", tmp_path / "first", "--epochs", "2"], (
+            "state.pt' is corrupt or truncated (not a complete torch file)"
+        )
     assert case == "unknown attention"
     return ["--data", data, "--attention", "nope"], "unknown attention 'nope'"
 
@@ -149,6 +159,7 @@ def _error_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
         "out cannot be created",
         "missing checkpoint",
         "empty state",
+        "truncated state",
     ],
 )
 def test_bad_input_gives_one_line_and_exit_status_2(tmp_path: Path, case: str) -> None:
@@ -209,6 +220,10 @@ def test_inspect_shows_an_image_folders_class_names(tmp_path: Path) -> None:
     result = cafusion("inspect", out, "--data", data)
     assert result.returncode == 0, result.stderr
     assert "mean w_avg per class: c0: " in result.stdout and ", c1: " in result.stdout
+    (out / "checkpoints" / "epoch-0001.state.pt").unlink()  # inspecting needs no optimizer state
+    again = cafusion("inspect", out / "checkpoints" / "epoch-0001.safetensors")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[2:] == result.stdout.splitlines()[2 : len(again.stdout.splitlines())]
 
 
 def test_checkpoint_from_another_model_is_refused(tmp_path: Path) -> None:

@@ -111,12 +111,14 @@ def _check_fits(x: Any, config: dict[str, Any], source: str) -> None:
 
 
 def _load_training_checkpoint(path: str) -> tuple[Any, str, dict[str, Any]]:
-    """A ``cafusion train`` checkpoint: its training state holds the model spec."""
+    """A ``cafusion train`` checkpoint: its JSON sidecar (older ones: its training state) holds the model spec."""
     from cafusion.training.checkpoint import load_checkpoint
     from cafusion.training.models import ModelSpec, build_model
 
-    ckpt = load_checkpoint(path)
-    spec = ckpt.state.get("model_spec")
+    ckpt = load_checkpoint(path, with_state=False)  # the sidecar names the model: no optimizer needed
+    if ckpt.model_spec is None:  # written before sidecars carried the spec: it is in the state
+        ckpt = load_checkpoint(path)
+    spec = ckpt.model_spec
     if not isinstance(spec, dict):
         raise CLIError(f"checkpoint {path!r} does not record which model it belongs to (no model_spec)", code=2)
     kwargs = {k: v for k, v in spec.items() if k != "name"}

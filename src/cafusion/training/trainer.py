@@ -321,7 +321,9 @@ class _Run:
         state = self._state(optimizer, scaler, spec)
         if ctx.is_main:
             self._write_epoch_files(epoch + 1, blocks, monitor)
-            self.last_checkpoint = save_checkpoint(self.out, epoch + 1, model.state_dict(), state, cfg.as_dict())
+            self.last_checkpoint = save_checkpoint(
+                self.out, epoch + 1, model.state_dict(), state, cfg.as_dict(), model_spec=spec.as_dict()
+            )
         dist_utils.barrier(ctx)
         val = "" if val_loss is None else f"  val_loss {val_loss:.4f}  val_acc {val_acc:.3f}"
         self.print(
