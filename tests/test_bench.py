@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import cafusion
-from cafusion.bench import block, main, measure, networks, padded, sweep
+from cafusion import list_attentions
+from cafusion.bench import block, main, measure, networks, padded, report, sweep
 from cafusion.cli.main import main as cli_main
 
 TINY = ["--repeats", "1", "--dtypes", "fp32", "--layouts", "contiguous", "--no-compile"]
@@ -239,3 +240,12 @@ def test_interleaved_timing_alternates_the_contenders() -> None:
     assert set(ms) == {"a", "b", "c"} and all(v >= 0 for v in ms.values())
     runs = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]  # repeated calls collapsed
     assert runs == list("abc" + "abc" + "bca" + "cab")  # warm-up, then rounds in rotated order
+
+
+def test_the_option_names_match_the_parts() -> None:
+    """``bench/names.py`` spells the options without torch; the parts must build exactly those."""
+    from cafusion.bench import names
+
+    assert tuple(networks.NETWORKS) == names.NETWORKS
+    assert set(names.ATTENTIONS) <= set(list_attentions())
+    assert set(names.DTYPES) == set(report.DTYPE_NAMES.values())

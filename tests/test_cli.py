@@ -47,10 +47,39 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
 
 
 def test_help_lists_every_command() -> None:
+    from cafusion.cli.main import COMMANDS
+
     result = cli("--help")
     assert result.returncode == 0
-    for command in ("demo", "bench", "inspect", "train"):
-        assert command in result.stdout
+    blurb = " ".join(result.stdout.split())
+    for module in COMMANDS:
+        command = module.rsplit(".", 1)[1].replace("_", "-")
+        assert f" {command}" in blurb.split("positional arguments")[0], command  # in the description
+
+
+HELP_WITHOUT_TORCH = """
+import sys
+from cafusion.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["demo"], ["train"], ["bench"], ["inspect"], ["compare"], ["build-native"], ["train", "--epochs", "zero"]],
+    ids=lambda a: " ".join(a) or "top",
+)
+def test_help_and_argument_errors_come_before_torch_is_imported(argv: list[str]) -> None:
+    """--help and a bad option are instant: the command line is parsed before torch loads."""
+    args = argv if "--epochs" in argv else [*argv, "--help"]
+    cmd = [sys.executable, "-c", HELP_WITHOUT_TORCH, *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_env(), check=False)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def _without_timing(report: dict[str, Any]) -> dict[str, Any]:

@@ -1,26 +1,48 @@
-"""cafusion: ChannelAttentionFusionT, a channel-attention block with learned avg/max fusion."""
+"""cafusion: ChannelAttentionFusionT, a channel-attention block with learned avg/max fusion.
 
-from cafusion import functional
-from cafusion.diagnostics import FusionMonitor
-from cafusion.layers import (
-    ChannelAttentionFusionT,
-    ChannelAttentionFusionTLayer,
-    create_attention,
-    get_attention,
-    list_attentions,
-    register_attention,
-)
+The public names load on first use (PEP 562), so ``import cafusion`` alone, and with it
+``cafusion --help`` and argument errors, does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ChannelAttentionFusionT",
-    "ChannelAttentionFusionTLayer",
-    "FusionMonitor",
-    "__version__",
-    "create_attention",
-    "functional",
-    "get_attention",
-    "list_attentions",
-    "register_attention",
-]
+_LAZY = {
+    "ChannelAttentionFusionT": "cafusion.layers",
+    "ChannelAttentionFusionTLayer": "cafusion.layers",
+    "FusionMonitor": "cafusion.diagnostics",
+    "create_attention": "cafusion.layers",
+    "get_attention": "cafusion.layers",
+    "list_attentions": "cafusion.layers",
+    "register_attention": "cafusion.layers",
+}
+
+__all__ = ["__version__", "functional", *_LAZY]
+
+if TYPE_CHECKING:  # the names as type checkers and IDEs see them (explicit re-exports)
+    from cafusion import functional as functional
+    from cafusion.diagnostics import FusionMonitor as FusionMonitor
+    from cafusion.layers import ChannelAttentionFusionT as ChannelAttentionFusionT
+    from cafusion.layers import ChannelAttentionFusionTLayer as ChannelAttentionFusionTLayer
+    from cafusion.layers import create_attention as create_attention
+    from cafusion.layers import get_attention as get_attention
+    from cafusion.layers import list_attentions as list_attentions
+    from cafusion.layers import register_attention as register_attention
+
+
+def __getattr__(name: str) -> Any:
+    if name == "functional":
+        return importlib.import_module("cafusion.functional")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'cafusion' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -33,7 +33,6 @@ SHAPES: list[tuple[int, ...]] = [
 ]
 LARGE = SHAPES[:3]  # the "large maps" of the floor targets
 QUICK_SHAPES: list[tuple[int, ...]] = [(4, 128, 28, 28), (1, 64, 7, 7)]
-LAYOUTS = ("contiguous", "channels_last")
 FLOOR_COPIES = {"forward": 1.5, "forward_backward": 3.5}
 MODES = tuple(FLOOR_COPIES)
 NAMES = ("reference", "timm", "ref_compiled", "ours")

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-REFERENCE_FILE = "reference_channel_attention_fusion_t.py"
+from cafusion.bench.names import REFERENCE_FILE
+
 REDUCTION = 4  # the ChannelAttentionFusionTLayer(C, reduction=4)
 
 

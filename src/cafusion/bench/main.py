@@ -25,15 +25,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-import torch
+from cafusion.bench import names
+from cafusion.bench.names import PARTS, REFERENCE_FILE
 
-from cafusion.bench import autocast, block, networks, padded, report, sweep
-from cafusion.bench.contenders import REFERENCE_FILE, load_reference
+if TYPE_CHECKING:
+    pass
 
-DTYPES = {name: dtype for dtype, name in report.DTYPE_NAMES.items()}
-PARTS = ("block", "sweep", "padded", "autocast", "networks")
+# The parser needs only names (cafusion.bench.names), so --help and argument errors come before torch
+# loads; the parts and torch are imported once the arguments are known to be usable.
 
 
 class Parser(argparse.ArgumentParser):
@@ -63,6 +64,13 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _csv_any(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return items
+
+
 def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         items = [t.strip() for t in text.split(",") if t.strip()]
@@ -75,29 +83,27 @@ def _csv(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cafusion import list_attentions
-
     p = Parser(prog="cafusion bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes, fp32 only, 5 rounds, no compile (~1 minute)")
     p.add_argument("--out", default="bench-results", metavar="DIR", help="folder for the JSON files (%(default)s)")
     g = p.add_argument_group("parts (none selected: all of them)")
     g.add_argument("--block", action="store_true", help="the image-map table")
-    ranks = tuple(sweep.RANKS)
+    ranks = tuple(names.RANKS)
     g.add_argument("--sweep", nargs="?", const=list(ranks), type=_csv(ranks), metavar="1d,2d,3d", help="shape sweep")
     g.add_argument("--padded", action="store_true", help="1-D sweep shapes with lengths vs without")
     g.add_argument("--autocast", action="store_true", help="training step under bf16 autocast")
-    names = tuple(networks.NETWORKS)
-    g.add_argument("--networks", nargs="?", const=list(names), type=_csv(names), metavar=",".join(names))
-    p.add_argument("--attentions", type=_csv(tuple(list_attentions())), help="networks: these blocks only")
+    nets = names.NETWORKS
+    g.add_argument("--networks", nargs="?", const=list(nets), type=_csv(nets), metavar=",".join(nets))
+    p.add_argument("--attentions", type=_csv_any, help="networks: these registered blocks only (comma separated)")
     p.add_argument("--amp", action="store_true", help="networks: forward and loss under bf16 autocast")
     p.add_argument("--thp", action="store_true", help="add a labelled second run with THP_MEM_ALLOC_ENABLE=1")
     p.add_argument("--shapes", type=lambda s: [_shape(t) for t in s.split(",")], help="comma-separated BxCx...")
-    p.add_argument("--dtypes", type=_csv(tuple(DTYPES)), help="block, sweep, padded: comma-separated (fp32,bf16)")
+    p.add_argument("--dtypes", type=_csv(names.DTYPES), help="block, sweep, padded: comma-separated (fp32,bf16)")
     p.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default: %(default)s)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda where available, else cpu)")
     p.add_argument("--repeats", type=_positive, default=None, help="timed rounds (default 15, quick 5)")
     p.add_argument("--reference", default=None, metavar="PATH", help=f"folder with {REFERENCE_FILE}")
-    p.add_argument("--layouts", type=_csv(block.LAYOUTS), help="block: comma-separated, default both")
+    p.add_argument("--layouts", type=_csv(names.LAYOUTS), help="block: comma-separated, default both")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="block: torch.compile(ref)")
     p.add_argument("--no-memory", action="store_true", help="block: skip the peak-memory measurement")
     p.add_argument(
@@ -111,10 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     """Fill in the defaults that depend on --quick and check the combinations; returns the parts to run."""
+    import torch
+
+    from cafusion import list_attentions
+    from cafusion.bench import autocast, block, padded, report, sweep
+
     parts = [name for name in PARTS if getattr(args, name)] or list(PARTS)
-    args.sweep = args.sweep or list(sweep.RANKS)
-    args.networks = args.networks or list(networks.NETWORKS)
-    args.attentions = args.attentions or list(networks.ATTENTIONS)
+    args.sweep = args.sweep or list(names.RANKS)
+    args.networks = args.networks or list(names.NETWORKS)
+    unknown = [a for a in args.attentions or () if a not in list_attentions()]
+    if unknown:
+        parser.error(f"--attentions: choose from {', '.join(list_attentions())} (comma separated), got {unknown}")
+    args.attentions = args.attentions or list(names.ATTENTIONS)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -127,8 +142,9 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
         parser.error("--thp changes PyTorch's CPU allocator: use it with --device cpu")
     args.repeats = args.repeats or (5 if args.quick else 15)
     args.compile = (not args.quick) if args.compile is None else args.compile
-    args.dtype_list = [DTYPES[d] for d in args.dtypes or (["fp32"] if args.quick else ["fp32", "bf16"])]
-    args.layouts = args.layouts or list(block.LAYOUTS)
+    dtypes = {name: dtype for dtype, name in report.DTYPE_NAMES.items()}
+    args.dtype_list = [dtypes[d] for d in args.dtypes or (["fp32"] if args.quick else ["fp32", "bf16"])]
+    args.layouts = args.layouts or list(names.LAYOUTS)
     given = args.shapes
     args.block_shapes = (
         [s for s in given if len(s) == 4] if given else (block.QUICK_SHAPES if args.quick else block.SHAPES)
@@ -171,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     parts = resolve(args, parser)
+    import torch
+
+    from cafusion.bench import autocast, block, networks, padded, report, sweep
+    from cafusion.bench.contenders import load_reference
+
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     print(f"cafusion bench: {report.process_label()}, {args.threads} threads, {device.type}, parts {','.join(parts)}")

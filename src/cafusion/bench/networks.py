@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from cafusion.bench import report
 from cafusion.bench.measure import interleaved_ms
 
-ATTENTIONS = ("none", "se", "eca", "cbam", "caft", "caft_sum")
 CLASSES = 10
 
 

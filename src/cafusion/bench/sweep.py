@@ -23,8 +23,8 @@ from cafusion.bench import report
 from cafusion.bench.block import SHAPES as IMAGE_SHAPES
 from cafusion.bench.contenders import first, sweep_contenders
 from cafusion.bench.measure import interleaved_ms
+from cafusion.bench.names import RANKS
 
-RANKS = {"1d": 1, "2d": 2, "3d": 3}
 SHAPES: dict[str, list[tuple[int, ...]]] = {
     "1d": [(b, c, n) for b in (32, 100, 256) for c in (16, 25, 64, 256) for n in (16, 40, 200, 1000)],
     "2d": list(IMAGE_SHAPES),

@@ -40,10 +40,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="cafusion", description="ChannelAttentionFusionT tools: demo, train, bench, inspect.")
+    parser = Parser(prog="cafusion", formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).add_parser(sub)
+    parser.description = f"ChannelAttentionFusionT tools: {', '.join(sub.choices)}."
     for command in sub.choices.values():  # descriptions come from docstrings: no reST markup in --help
         command.description = _plain(command.description)
         command.epilog = _plain(command.epilog)
