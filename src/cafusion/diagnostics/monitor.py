@@ -461,17 +461,30 @@ class FusionMonitor:
 
         return to_csv(self, path)
 
-    def save_plots(self, folder: str | Path, prefix: str = "") -> list[Path]:
-        """Write the three figures (w_avg histograms, w_avg per class, T and saturation per step) as PNGs."""
+    def save_plots(
+        self,
+        folder: str | Path,
+        prefix: str = "",
+        *,
+        stats: list[BlockStats] | None = None,
+        x_label: str = "monitor step",
+    ) -> list[Path]:
+        """Write the three figures (w_avg histograms, w_avg per class, T and saturation per step) as PNGs.
+
+        ``stats`` is a ``summary()`` taken already: under torch.distributed every rank must take it
+        (a collective) and then only rank 0 calls this to write. ``x_label`` names what a step is.
+        """
         from cafusion.diagnostics.plots import plot_class_means, plot_fusion_histograms, plot_training_curves
 
+        if not isinstance(x_label, str):
+            raise TypeError(f"x_label must be a string, got {type(x_label).__name__}")
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
-        stats = self.summary()
+        stats = self.summary() if stats is None else stats
         return [
             plot_fusion_histograms(stats, out / f"{prefix}fusion_hist.png"),
             plot_class_means(stats, out / f"{prefix}class_w_avg.png"),
-            plot_training_curves(self.history, out / f"{prefix}training_curves.png", x_label="monitor step"),
+            plot_training_curves(self.history, out / f"{prefix}training_curves.png", x_label=x_label),
         ]
 
     def log_tensorboard(self, writer: Any, step: int | None = None) -> None:
