@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -249,3 +250,16 @@ def test_the_option_names_match_the_parts() -> None:
     assert tuple(networks.NETWORKS) == names.NETWORKS
     assert set(names.ATTENTIONS) <= set(list_attentions())
     assert set(names.DTYPES) == set(report.DTYPE_NAMES.values())
+
+
+def test_without_the_reference_file_a_cpu_run_prints_no_profiler_chatter_and_no_nan(tmp_path: Path) -> None:
+    """A CPU-only user without the reference file sees one note, '-' cells, and nothing from the profiler."""
+    argv = ["-m", "cafusion", "bench", "--block", "--shapes", "2x8x4x4", *TINY, "--reference", str(tmp_path)]
+    cmd = [sys.executable, *argv, "--out", str(tmp_path / "out")]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("reference not available") == 1
+    table = result.stdout.split("block (image maps)")[1]
+    assert "nan" not in table and "-/" in table  # the peak-memory cell of the missing reference
+    for chatter in ("USDT:", "gpuGetDeviceCount", "profiler_start", "CPUAllocator"):
+        assert chatter not in result.stderr + result.stdout, chatter

@@ -181,9 +181,7 @@ def format_table(cases: list[dict[str, Any]]) -> str:
             ms = c["ms"][mode]
             speed = c.get("speedup_vs_reference", {}).get(mode)
             peak = c["peak_train_step_mib"]
-            peak_txt = (
-                f"{peak.get('reference', float('nan')):.0f}/{peak.get('ours', float('nan')):.0f}" if peak else "-"
-            )
+            peak_txt = f"{_mib(peak.get('reference'))}/{_mib(peak.get('ours'))}" if peak else "-"
             rows.append(
                 [
                     "x".join(map(str, c["shape"])),
@@ -213,3 +211,8 @@ def run(
                 progress(f"block: done {case_name(cases[-1])}")
     title = "block (image maps): median ms; ours = ChannelAttentionFusionT(C), the fast path"
     return report.Part("block", title, cases, check_targets(cases, device), format_table(cases))
+
+
+def _mib(value: float | None) -> str:
+    """A peak-memory figure, or '-' for a contender that did not run (no reference file)."""
+    return "-" if value is None else f"{value:.0f}"

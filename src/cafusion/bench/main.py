@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cafusion bench: {report.process_label()}, {args.threads} threads, {device.type}, parts {','.join(parts)}")
     reference = load_reference(args.reference)
     if reference is None and ("block" in parts or "sweep" in parts):
-        print(f"note: {REFERENCE_FILE} not found (--reference PATH); the reference-file columns are left out")
+        print(f"note: reference not available: {REFERENCE_FILE} not found (--reference PATH); its columns show -")
     out = Path(args.out)
     results: list[report.Part] = []
     begin = time.time()

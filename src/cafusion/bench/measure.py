@@ -15,9 +15,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -81,6 +85,32 @@ def _output_cache_off() -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
+# What torch's profiler (libkineto, c10) prints on its own while it runs on a CPU-only machine: start/stop
+# markers, a failed GPU probe, and a note about blocks allocated before it started. None is about the run.
+_PROFILER_CHATTER = re.compile(
+    r"^(USDT:.*SyncActivityProfilerHandler|ERROR:.*gpuGetDeviceCount failed|\[W.*CPUAllocator.*profiling started)"
+)
+
+
+@contextlib.contextmanager
+def _profiler_chatter_off() -> Iterator[None]:
+    """Route file descriptor 2 to a temporary file while the profiler runs; print back every other line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode("utf-8", "replace").splitlines():
+                if not _PROFILER_CHATTER.match(line):
+                    print(line, file=sys.stderr)
+
+
 def peak_extra_mib(fn: Callable[[], object], device: torch.device) -> float:
     """Peak memory (MiB) that one call of ``fn`` holds above what was allocated before it."""
     if device.type == "cuda":
@@ -92,7 +122,8 @@ def peak_extra_mib(fn: Callable[[], object], device: torch.device) -> float:
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with _output_cache_off(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    cpu = [ProfilerActivity.CPU]
+    with _profiler_chatter_off(), _output_cache_off(), profile(activities=cpu, profile_memory=True) as prof:
         fn()
     assert prof.profiler is not None and prof.profiler.kineto_results is not None
     results = prof.profiler.kineto_results
