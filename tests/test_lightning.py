@@ -205,6 +205,19 @@ def test_labels_from_batch_feeds_the_monitor_during_training_steps_only() -> Non
     assert s.samples == 5 and s.class_w_avg.keys() == {0, 3}
 
 
+def test_a_sum_fusion_block_logs_what_it_has_and_a_failed_fit_leaves_no_hook() -> None:
+    cb = FusionMonitorCallback(prefix="caft")
+    model = nn.Sequential(ChannelAttentionFusionTLayer(4, fusion="sum"), ChannelAttentionFusionTLayer(4))
+    cb.on_fit_start(None, model)  # type: ignore[arg-type]
+    assert cb.monitor is not None
+    cb.on_train_batch_start(None, model, (torch.randn(2, 4, 3), torch.tensor([0, 1])), 0)  # type: ignore[arg-type]
+    model(torch.randn(2, 4, 3))
+    cb.on_exception(None, model, RuntimeError("boom"))  # type: ignore[arg-type]
+    assert not cb.monitor.attached and all(not block._inspectors for block in cb.monitor.blocks.values())
+    names = set(cb.metrics(cb.monitor.step()))
+    assert names == {"caft/0/T", "caft/0/saturation"} | {f"caft/1/{name}" for name in METRICS}  # no router in 0
+
+
 def test_default_labels_reads_tuples_and_dicts() -> None:
     y = torch.tensor([0, 2])
     assert default_labels((torch.zeros(2, 3), y)) is y

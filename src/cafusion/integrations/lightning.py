@@ -129,6 +129,10 @@ class FusionMonitorCallback(pl.Callback):
         if self.out_dir is not None:
             self.written = self.write(self.out_dir, trainer.is_global_zero)
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.monitor is not None:  # a fit that failed mid-batch leaves no hook behind
+            self.monitor.detach()
+
     def write(self, out_dir: str | Path, is_main: bool) -> list[Path]:
         """fusion.json, fusion.csv and the PNGs; every rank must call it (collectives), rank 0 writes."""
         if self.monitor is None:
