@@ -10,6 +10,7 @@ sequence lengths matches PyTorch, and the padding (+1e3) never reaches the real 
 from __future__ import annotations
 
 import io
+import warnings
 
 import onnxruntime as ort
 import pytest
@@ -19,6 +20,7 @@ from torch.export import Dim
 
 import cafusion
 from cafusion import masking
+from tests.test_export import ours_warned
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
@@ -58,6 +60,14 @@ def export(model: nn.Module, exporter: str) -> bytes:
         assert program is not None
         return program.model_proto.SerializeToString()  # type: ignore[no-any-return]
     f = io.BytesIO()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _torchscript(model, x, lengths, f)
+    assert not ours_warned(record), ours_warned(record)
+    return f.getvalue()
+
+
+def _torchscript(model: nn.Module, x: Tensor, lengths: Tensor, f: io.BytesIO) -> None:
     torch.onnx.export(
         model,
         (x, lengths),
@@ -68,7 +78,6 @@ def export(model: nn.Module, exporter: str) -> bytes:
         output_names=["y"],
         dynamic_axes={"x": {0: "batch", 2: "time"}, "lengths": {0: "batch"}, "y": {0: "batch", 2: "time"}},
     )
-    return f.getvalue()
 
 
 def check(model: nn.Module, model_bytes: bytes) -> None:

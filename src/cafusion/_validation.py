@@ -39,6 +39,12 @@ def boolean(name: str, value: Any) -> bool:
     return value
 
 
+def checks_run() -> bool:
+    """False while compiling or tracing: traced sizes are tensors, so comparing them warns, and a graph
+    would not keep a check that reads sizes or values anyway."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing())  # type: ignore[attr-defined,no-untyped-call]
+
+
 def choice(name: str, value: Any, choices: Sequence[str]) -> str:
     """Return the lower-cased ``value`` if it is one of ``choices`` (any letter case, as the reference)."""
     if not isinstance(value, str):
@@ -59,6 +65,8 @@ def feature_map(name: str, x: Any, channels: int) -> None:
         raise ValueError(
             f"{name} must have shape (B, C, *spatial) with at least one spatial dim, got shape {tuple(x.shape)}"
         )
+    if not checks_run():
+        return
     if x.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels (dim 1), got shape {tuple(x.shape)}")
     for size in x.shape[2:]:

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cafusion._validation import checks_run
+
 
 def valid_mask(x: Tensor, lengths: Tensor | None = None, mask: Tensor | None = None) -> Tensor | None:
     """The (B, N) boolean mask of real positions of x (B, C, *spatial), or None when everything is real.
@@ -55,7 +57,7 @@ def valid_arg(x: Tensor, lengths: Tensor | None = None, mask: Tensor | None = No
                 f"lengths must hold integer (absolute) lengths, got dtype {lengths.dtype}; for relative lengths "
                 "convert with (rel * L).round().long()"
             )
-        if lengths.dim() != 1 or lengths.shape[0] != b:
+        if lengths.dim() != 1 or (checks_run() and lengths.shape[0] != b):
             raise ValueError(f"lengths must have shape ({b},) (one length per sample), got {tuple(lengths.shape)}")
         if lengths.is_cpu != x.is_cpu or (not x.is_cpu and lengths.device != x.device):
             raise ValueError(f"lengths must be on x's device ({x.device}), got {lengths.device}")
@@ -65,12 +67,12 @@ def valid_arg(x: Tensor, lengths: Tensor | None = None, mask: Tensor | None = No
         raise TypeError(f"mask must be a boolean torch.Tensor of shape {(b, *spatial)}, got {type(mask).__name__}")
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must have dtype torch.bool (True = real position), got {mask.dtype}")
-    if tuple(mask.shape) != (b, *spatial):
+    if checks_run() and tuple(mask.shape) != (b, *spatial):
         raise ValueError(f"mask must have shape {(b, *spatial)} (B, *spatial of x), got {tuple(mask.shape)}")
     if mask.device != x.device:
         raise ValueError(f"mask must be on x's device ({x.device}), got {mask.device}")
     valid = mask.reshape(b, -1)
-    if not torch.compiler.is_compiling() and b and not bool(valid.any(dim=1).all()):
+    if checks_run() and b and not bool(valid.any(dim=1).all()):
         empty = int((~valid.any(dim=1)).nonzero()[0].item())
         raise ValueError(f"mask has no True position for sample {empty}: every sample needs at least one")
     return valid
@@ -83,7 +85,7 @@ def as_mask(valid: Tensor | None, x: Tensor, *, check: bool = True) -> Tensor | 
         return valid
     b, spatial = x.shape[0], tuple(x.shape[2:])
     size = spatial[-1]
-    if check and not torch.compiler.is_compiling() and b and not bool(((valid >= 1) & (valid <= size)).all()):
+    if check and checks_run() and b and not bool(((valid >= 1) & (valid <= size)).all()):
         bad = valid[(valid < 1) | (valid > size)][0].item()
         raise ValueError(f"lengths must lie in [1, {size}] (the last dim of x), got {bad}")
     positions = torch.arange(size, device=x.device)
