@@ -60,6 +60,9 @@ def test_two_shards_merged_equal_one_unsharded_run(tmp_path: Path, capsys: pytes
     assert set(caft["router"]) == {"blocks.0.attention", "blocks.1.attention", "blocks.2.attention"}
     md = (tmp_path / "one" / "report.md").read_text()
     assert "## UnitTest · fcn" in md and "| caft | 2 |" in md
+    assert "| 95% CI | vs none | params |" in md  # only the baselines that ran: no empty se/cbam columns
+    assert "vs se" not in md and "vs cbam" not in md and "caft_sum vs cbam" not in md
+    assert "consistency" not in report["notes"]
     assert (tmp_path / "one" / "runs.csv").read_text().count("\n") == 5
 
 
@@ -260,3 +263,13 @@ def test_lengths_option_masks_the_padding(tmp_path: Path) -> None:
     assert on["settings"]["lengths"] is True and "lengths" not in off["settings"]
     assert "masks the padding" in on["data"] and "zero-padded" in off["data"]
     assert on["history"][0]["train_loss"] != off["history"][0]["train_loss"]
+
+
+def test_the_caft_sum_vs_cbam_note_appears_only_when_both_ran() -> None:
+    from cafusion.compare import report
+
+    def table(*variants: str) -> dict[str, Any]:
+        return {"variants": [{"variant": v} for v in variants]}
+
+    assert report._ran_together([table("none", "cbam"), table("caft_sum", "caft")], "caft_sum", "cbam") is False
+    assert report._ran_together([table("none"), table("cbam", "caft_sum")], "caft_sum", "cbam") is True

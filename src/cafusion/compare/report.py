@@ -84,9 +84,14 @@ def build_report(out: Path, baselines: tuple[str, ...] = BASELINES) -> dict[str,
         "notes": {
             "tests": f"paired t-test below {stats.WILCOXON_MIN} seeds, Wilcoxon signed-rank from there; "
             "p-values are not corrected for multiple comparisons",
-            "consistency": CONSISTENCY,
+            **({"consistency": CONSISTENCY} if _ran_together(tables, "caft_sum", "cbam") else {}),
         },
     }
+
+
+def _ran_together(tables: list[dict[str, Any]], *variants: str) -> bool:
+    """Whether some (data set, model) table holds every one of ``variants``."""
+    return any(set(variants) <= {v["variant"] for v in t["variants"]} for t in tables)
 
 
 def _group(dataset: str, model: str, runs: list[dict[str, Any]], baselines: tuple[str, ...]) -> dict[str, Any]:
@@ -294,30 +299,30 @@ def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
         "mean ± std over seeds, with the 95% t interval. Versus a baseline: mean paired difference in points, "
         f"the p-value of the paired test ({report['notes']['tests']}), and win/tie/loss over seeds.",
         "",
-        f"> {CONSISTENCY}",
-        "",
     ]
+    if "consistency" in report["notes"]:
+        lines += [f"> {report['notes']['consistency']}", ""]
     if _any_undefined(report):
         lines += [UNDEFINED_NOTE, ""]
     lines += _summary(report)
     for t in report["tables"]:
         pub = "" if t["published_acc"] is None else f"; published {t['model']} mean: {t['published_acc']:.1f}%"
+        ran = {v["variant"] for v in t["variants"]}
+        shown = [b for b in baselines if b in ran and len(ran) > 1]  # only the baselines this table has
         lines += [
             f"## {t['dataset']} · {t['model']}",
             "",
             f"{t['data']}. Epochs {t['epochs']}, batch {t['batch_size']}{pub}.",
             "",
-            "| variant | seeds | accuracy | 95% CI | "
-            + " | ".join(f"vs {b}" for b in baselines)
-            + " | params | s/epoch |",
-            "|---|---|---|---|" + "---|" * len(baselines) + "---|---|",
+            "| variant | seeds | accuracy | 95% CI | " + "".join(f"vs {b} | " for b in shown) + "params | s/epoch |",
+            "|---|---|---|---|" + "---|" * len(shown) + "---|---|",
         ]
         for v in t["variants"]:
             a = v["acc"]
             ci = "–" if a["ci95"] is None else f"[{100 * a['ci95'][0]:.1f}, {100 * a['ci95'][1]:.1f}]"
             lines.append(
                 f"| {v['variant']} | {a['n']} | {_pct(a['mean'])} ± {100 * a['std']:.2f} | {ci} | "
-                + "".join(f"{_versus(v, b)} | " for b in baselines)
+                + "".join(f"{_versus(v, b)} | " for b in shown)
                 + f"{v['params']:,} | "
                 f"{v['seconds_per_epoch']:.3f} |"
             )
