@@ -13,14 +13,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cafusion import _validation as check
+from cafusion.models import recipe
 
 DEFAULT_ATTENTIONS = ("none", "se", "eca", "cbam", "caft", "caft_sum")
 # Baselines every variant is paired against, when they are part of the comparison. cbam is one on
 # purpose: with T = 1 and a sigmoid gate, caft_sum is CBAM's channel attention, so a caft variant
 # has to beat cbam for its router and temperature to count.
 BASELINES = ("none", "se", "cbam")
-# The recipe of Wang et al. 2017 as run by Fawaz et al. 2019: batch min(N/10, cap).
-RECIPE_BATCH_CAP = {"fcn": 16, "resnet": 64}
 _LABEL = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
@@ -60,12 +59,13 @@ class CompareConfig:
     variants: list[Variant] = field(default_factory=lambda: [Variant(n, n) for n in DEFAULT_ATTENTIONS])
     seeds: int = 3
     first_seed: int = 0
-    epochs: int = 100
+    # the recipe's numbers (cafusion.models.recipe, shared with the aeon / scikit-learn classifiers)
+    epochs: int = recipe.EPOCHS
     batch_size: int | None = None  # None: the recipe's min(N/10, cap) for fcn/resnet, else 32
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    patience: int = 50
-    factor: float = 0.5
+    lr: float = recipe.LR
+    min_lr: float = recipe.MIN_LR
+    patience: int = recipe.PATIENCE
+    factor: float = recipe.FACTOR
     test_fraction: float = 0.2  # only for sources without a published split
     widths: tuple[int, ...] = (32, 64)  # small_cnn only
     device: str = "cpu"

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from cafusion._files import atomic_write_text
-from cafusion.compare.config import RECIPE_BATCH_CAP, CompareConfig, Variant
+from cafusion.compare.config import CompareConfig, Variant
 from cafusion.compare.sources import applied_norm, dataset_name
+from cafusion.models import recipe
 
 RUNS_DIR = "runs"
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
@@ -99,10 +100,7 @@ def batch_size_for(config: CompareConfig, train_samples: int) -> int:
     """``--batch-size``, or the recipe's ``int(min(N / 10, cap))`` (at least 1) for fcn/resnet, else 32."""
     if config.batch_size is not None:
         return config.batch_size
-    cap = RECIPE_BATCH_CAP.get(config.model)
-    if cap is None:
-        return min(32, train_samples)
-    return max(1, int(min(train_samples / 10, cap)))
+    return recipe.recipe_batch_size(config.model, train_samples)
 
 
 def result_path(out: Path, spec: RunSpec) -> Path:

@@ -29,6 +29,7 @@ from cafusion.compare.plan import RunSpec, batch_size_for
 from cafusion.compare.sources import Split, load_split
 from cafusion.diagnostics import FusionMonitor
 from cafusion.layers import ChannelAttentionFusionT
+from cafusion.models.recipe import epoch_order
 from cafusion.training.models import ModelSpec, build_model
 
 EpochHook = Callable[[int], None]
@@ -57,11 +58,6 @@ def build_paired_model(run: RunSpec, split: Split) -> tuple[nn.Module, int]:
     shared = {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(shared, strict=False)
     return model, len(shared)
-
-
-def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
-    """The sample order of one epoch: a function of (seed, epoch) only, the same for every variant."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 def takes_lengths(model: nn.Module) -> bool:

@@ -1,0 +1,32 @@
+"""The FCN/ResNet training recipe of Wang et al. 2017 as run by Fawaz et al. 2019, as library constants.
+
+``cafusion compare`` and the aeon / scikit-learn classifiers train with the same numbers: Adam at
+``LR``, ReduceLROnPlateau on the training loss (``FACTOR``, ``PATIENCE``, ``MIN_LR``), batches of
+``recipe_batch_size`` in the order of ``epoch_order``, and the model of the lowest training loss is
+the one kept. They live here, the only copy, so the library can use them without the application.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+BATCH_CAP = {"fcn": 16, "resnet": 64}
+LR = 1e-3
+MIN_LR = 1e-4
+PATIENCE = 50
+FACTOR = 0.5
+EPOCHS = 100
+
+
+def recipe_batch_size(model: str, train_samples: int) -> int:
+    """``int(min(N / 10, cap))``, at least 1, for ``fcn``/``resnet``; 32 (at most N) otherwise."""
+    cap = BATCH_CAP.get(model)
+    if cap is None:
+        return max(1, min(32, train_samples))
+    return max(1, int(min(train_samples / 10, cap)))
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
+    """The sample order of one epoch: a function of (seed, epoch) only, so paired runs see the same batches."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
