@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,21 @@ def test_backbone_checkpoint_without_the_blocks(tmp_path: Path, filename: str) -
     assert "checkpoint was saved" not in str(err.value)  # no made-up configuration for absent blocks
     load_weights(target, path, strict=False)
     torch.testing.assert_close(target.conv1.weight, backbone.conv1.weight, rtol=0, atol=0)
+
+
+def test_safetensors_bytes_are_the_same_in_every_process() -> None:
+    """safetensors writes metadata in hash-map order (random per process); ours sorts it, and the file stays valid."""
+    from safetensors.torch import load
+
+    code = (
+        "import sys, torch\n"
+        "from cafusion.integrations.weights import safetensors_bytes\n"
+        "meta = {k: k * 2 for k in 'qwertyuiop'}\n"
+        "sys.stdout.buffer.write(safetensors_bytes({'w': torch.arange(6.0).view(2, 3)}, meta))\n"
+    )
+    blobs = {subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout for _ in range(3)}
+    assert len(blobs) == 1
+    (blob,) = blobs
+    assert torch.equal(load(blob)["w"], torch.arange(6.0).view(2, 3))
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])

@@ -10,6 +10,7 @@ are read with ``weights_only=True``: a weights file never runs code.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,20 @@ def safetensors_bytes(state: dict[str, Any], metadata: dict[str, str] | None = N
     """The safetensors file for ``state`` as bytes (for callers that write atomically themselves)."""
     from safetensors.torch import save
 
-    return bytes(save(storable(state), metadata=_header(metadata)))
+    return _sorted_metadata(bytes(save(storable(state), metadata=_header(metadata))))
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """The same file with its ``__metadata__`` keys sorted: safetensors writes them in hash-map order,
+    which changes from process to process, and a checkpoint must be bit-identical for the same run."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    if "__metadata__" not in header:
+        return blob
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes with spaces
+    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
 
 
 def write_safetensors(
