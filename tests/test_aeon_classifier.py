@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,15 @@ SKLEARN_EXPECTED_FAILURES = {
     "check_classifiers_train": "asks for > 0.83 training accuracy; one epoch of the tiny test network does not "
     "learn that much (learning is tested in test_learns_a_separable_problem)",
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Hundreds of tiny fits: one thread each, since a second only waits on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
