@@ -13,7 +13,6 @@ statistics on a GPU, the profiler's allocation events on the CPU (the CPU alloca
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import os
 import re
@@ -73,16 +72,10 @@ def interleaved_ms(
 
 def _output_cache_off() -> contextlib.AbstractContextManager[Any]:
     """cafusion's CPU kernels may reuse freed output buffers outside torch's allocator, where the
-    profiler cannot see them; switching that cache off (where the kernels have one) counts every buffer."""
-    for name in ("cafusion.kernels.backends.native", "cafusion.kernels.native"):
-        try:
-            native = importlib.import_module(name)
-        except ImportError:
-            continue
-        off = getattr(native, "cache_disabled", None)
-        if callable(off):
-            return off()  # type: ignore[no-any-return]
-    return contextlib.nullcontext()
+    profiler cannot see them; switching that cache off (a no-op without the library) counts every buffer."""
+    from cafusion.kernels.backends import native
+
+    return native.cache_disabled()
 
 
 # What torch's profiler (libkineto, c10) prints on its own while it runs on a CPU-only machine: start/stop

@@ -54,7 +54,7 @@ def _cpu_id() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
                 return line
-    except OSError:
+    except OSError:  # no /proc (macOS, Windows): the platform string names the build instead
         pass
     return platform.processor() or platform.machine()
 
