@@ -133,17 +133,15 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
 
     None (an undefined test) stays None and does not count towards the family size m.
     """
-    idx = [i for i, p in enumerate(pvalues) if p is not None]
-    for i in idx:
-        p = pvalues[i]
-        if p is None or not 0.0 <= p <= 1.0:
-            raise ValueError(f"pvalues: each p must be in [0, 1] or None, got {p!r}")
-    m = len(idx)
-    order = sorted(idx, key=lambda i: float(pvalues[i] or 0.0))
+    known = [(i, float(p)) for i, p in enumerate(pvalues) if p is not None]
+    bad = [p for _, p in known if not 0.0 <= p <= 1.0]
+    if bad:
+        raise ValueError(f"pvalues: each p must be in [0, 1] or None, got {bad[0]!r}")
+    m = len(known)
     out: list[float | None] = [None] * len(pvalues)
     running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * float(pvalues[i] or 0.0)))
+    for rank, (i, p) in enumerate(sorted(known, key=lambda ip: ip[1])):
+        running = max(running, min(1.0, (m - rank) * p))  # step-down: adjusted values never decrease
         out[i] = running
     return out
 
