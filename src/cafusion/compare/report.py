@@ -19,6 +19,7 @@ from cafusion._files import atomic_write_text
 from cafusion.compare import stats
 from cafusion.compare.config import BASELINES
 from cafusion.compare.plan import iter_results, stored_settings
+from cafusion.compare.published import published_accuracy
 
 CSV_FIELDS = (
     "dataset",
@@ -33,18 +34,6 @@ CSV_FIELDS = (
     "params",
     "seconds_per_epoch",
 )
-# Published means (Fawaz et al. 2019; BasicMotions ResNet from tsml-eval): test accuracy in %.
-PUBLISHED = {
-    ("GunPoint", "fcn"): 100.0,
-    ("GunPoint", "resnet"): 99.1,
-    ("ArrowHead", "fcn"): 84.3,
-    ("ArrowHead", "resnet"): 84.5,
-    ("ItalyPowerDemand", "fcn"): 96.1,
-    ("ItalyPowerDemand", "resnet"): 96.3,
-    ("JapaneseVowels", "fcn"): 99.3,
-    ("JapaneseVowels", "resnet"): 99.2,
-    ("BasicMotions", "resnet"): 100.0,
-}
 UNDEFINED_CELL = "n/a (identical differences)"
 UNDEFINED_NOTE = (
     "p=n/a (identical differences): every seed's paired difference is the same non-zero amount (often one "
@@ -119,7 +108,8 @@ def _group(dataset: str, model: str, runs: list[dict[str, Any]], baselines: tupl
         if any("router" in r for r in rs):
             entry["router"] = _router_summary(rs)
         variants.append(entry)
-    published = PUBLISHED.get((dataset, model))
+    # Published numbers belong to the archive's own train/test split; a user's file has none.
+    published = published_accuracy(dataset, model) if first.get("published_split", True) else None
     return {
         "dataset": dataset,
         "model": model,
