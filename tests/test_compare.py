@@ -201,7 +201,7 @@ def test_figures_are_written(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--data", "ucr:Nope"], "unknown dataset 'ucr:Nope': aeon bundles only"),
+        (["--data", "ucr:Nope"], "'ucr:Nope' is not bundled with aeon, and could not be downloaded"),
         (["--data", "ucr:UnitTest", "--model", "lstm"], "--model must be 'small_cnn'"),
         (["--data", "ucr:UnitTest", "--attention", "none,sse"], "variant 'sse': unknown attention 'sse'"),
         (["--data", "ucr:UnitTest", "--attention", "none,none"], "variant labels must be unique"),
@@ -220,8 +220,9 @@ def test_figures_are_written(tmp_path: Path) -> None:
     ],
 )
 def test_bad_inputs_fail_with_one_line(
-    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("CAFUSION_UCR_CACHE", str(tmp_path / "ucr-cache"))  # an unknown name tries a download
     assert main(["compare", *argv, "--epochs", "1", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err, err

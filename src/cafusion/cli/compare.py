@@ -8,13 +8,16 @@ Torch is imported inside ``_run`` so that ``cafusion --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
 EPILOG = """\
-data: ucr:NAME (a UCR/UEA set bundled in aeon: GunPoint, ArrowHead, ItalyPowerDemand, BasicMotions,
-JapaneseVowels, ...; published split; --norm auto as Fawaz et al. 2019: univariate sets z-normalised
-per series, multivariate ones as stored), digits (scikit-learn's 8x8 digits),
+data: ucr:NAME (any UCR/UEA set, published split: aeon's bundled copy (GunPoint, ArrowHead,
+ItalyPowerDemand, BasicMotions, JapaneseVowels, ...), else the archive under --archive DIR or
+$CAFUSION_UCR_ARCHIVE (UCR 2018 NAME/NAME_TRAIN.tsv or UEA NAME/NAME_TRAIN.ts), else a download into
+$CAFUSION_UCR_CACHE (default ~/.cache/cafusion/ucr); --norm auto as Fawaz et al. 2019: univariate sets
+z-normalised per series, multivariate ones as stored), digits (scikit-learn's 8x8 digits),
 or a path that 'cafusion train' reads (image folder, .npz/.pt: split with --test-fraction per seed).
 Repeat --data or separate sources with commas.
 
@@ -43,6 +46,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--data", action="append", default=[], metavar="SOURCE", help="ucr:NAME, digits or a path")
+    p.add_argument(
+        "--archive",
+        default=None,
+        metavar="DIR",
+        help="folder with the UCR 2018 (.tsv) or UEA (.ts) archive for ucr:NAME sets aeon does not bundle",
+    )
     p.add_argument("--model", default="fcn", metavar="NAME", help="fcn, resnet, small_cnn, timm:/torchvision:<name>")
     p.add_argument(
         "--attention",
@@ -171,6 +180,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         check.positive_int("--threads", args.threads)
     k, n = plan.parse_shard(args.shard)
+    _use_archive(args.archive)
     config = config_from_args(args)
     _check_model_and_data(config)
     runs = plan.shard(plan.plan(config), k, n)
@@ -184,6 +194,18 @@ def _run(args: argparse.Namespace) -> int:
     written = write_report(out, build_report(out, baselines), figures=not args.no_figures)
     print(f"report: {written[1]} ({len(written)} files)")
     return 0
+
+
+def _use_archive(archive: str | None) -> None:
+    """Point ``ucr:`` at ``--archive`` for this process and the job processes it starts (they inherit it)."""
+    if archive is None:
+        return
+    from cafusion.training.ucr import ARCHIVE_ENV
+
+    folder = Path(archive)
+    if not folder.is_dir():
+        raise ValueError(f"--archive {archive!r} is not a folder (it should hold the UCR/UEA archive)")
+    os.environ[ARCHIVE_ENV] = str(folder.resolve())
 
 
 def _check_model_and_data(config: Any) -> None:
