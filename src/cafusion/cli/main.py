@@ -28,6 +28,7 @@ COMMANDS = (
     "cafusion.cli.inspect",
     "cafusion.cli.train",
     "cafusion.cli.compare",
+    "cafusion.cli.export",
     "cafusion.cli.build_native",
 )
 
