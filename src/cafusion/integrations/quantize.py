@@ -3,9 +3,10 @@
 Two ways: ``backend="pt2e"`` exports with ``torch.export`` (the block exports its portable
 composite, not the custom op) and quantizes with torchao's X86 Inductor quantizer;
 ``backend="onnx"`` exports to ONNX (the composite again) and quantizes with ONNX Runtime (QDQ
-format). Both calibrate on ``calibration`` (real inputs), fed ``batch`` samples at a time.
-``int8_ops`` says which operators of the result take int8 inputs. torchao and onnxruntime are
-imported lazily: the ``int8`` extra.
+format). Both calibrate on ``calibration`` (real inputs), fed ``batch`` samples at a time, and
+quantize every convolution and linear (the block's MLP and router too); ``int8_ops`` counts which
+operators of the result run int8 and which float. torchao and onnxruntime are imported lazily:
+the ``int8`` extra. docs/int8.md is the guide.
 """
 
 from __future__ import annotations
@@ -29,28 +30,9 @@ _ONNX_INT8 = ("Conv", "Gemm", "MatMul")
 _EXTRA = "install the 'int8' extra: pip install 'cafusion[int8]'"
 # ops that only move, view or check data: neither "int8" nor "float" compute in an op count
 _LAYOUT_OPS = frozenset(
-    {
-        "_assert_tensor_metadata",
-        "sym_size",
-        "to",
-        "view",
-        "flatten",
-        "slice",
-        "Shape",
-        "Gather",
-        "Unsqueeze",
-        "Concat",
-        "Reshape",
-        "Flatten",
-        "Constant",
-        "Slice",
-        "Squeeze",
-        "Identity",
-        "Cast",
-        "pad",
-        "Pad",
-        "cat",
-    }
+    {"_assert_tensor_metadata", "sym_size", "to", "view", "flatten", "slice", "pad", "cat"}
+    | {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Reshape", "Flatten", "Constant", "Slice"}
+    | {"Identity", "Cast", "Pad"}
 )
 
 
