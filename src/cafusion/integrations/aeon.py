@@ -31,6 +31,7 @@ from cafusion.models import recipe
 from cafusion.models.timeseries import FCN, ResNet
 
 _MODELS: dict[str, type[nn.Module]] = {"fcn": FCN, "resnet": ResNet}
+_NAMES = {"fcn": "FCN", "resnet": "ResNet"}
 _PREDICT_BATCH = 256
 
 Array = np.ndarray[Any, Any]
@@ -57,7 +58,7 @@ def pad_series(X: Any) -> tuple[Array, Array | None]:
     return out, lengths
 
 
-def check_params(model: str, est: Any) -> dict[str, Any]:
+def _check_params(model: str, est: Any) -> dict[str, Any]:
     """The estimator's hyper-parameters, each checked with a one-line error naming it."""
     if not isinstance(est.attention, str):
         raise TypeError(f"attention must be a registry name (str), got {est.attention!r}")
@@ -216,7 +217,13 @@ def _is_series_list(X: Any) -> bool:
 def _make_sklearn(model: str) -> type:
     from sklearn.base import BaseEstimator, ClassifierMixin
     from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_array, check_consistent_length, check_is_fitted, validate_data
+    from sklearn.utils.validation import (
+        check_array,
+        check_consistent_length,
+        check_is_fitted,
+        column_or_1d,
+        validate_data,
+    )
 
     def series(est: Any, X: Any, reset: bool) -> tuple[Array, Array | None]:
         if not _is_series_list(X):
@@ -229,18 +236,16 @@ def _make_sklearn(model: str) -> type:
 
     class SklearnClassifier(_Params, ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         __doc__ = (
-            f"scikit-learn {model.upper()} classifier on (n, C, L) arrays, (n, L) as one channel, or (C, L_i) lists."
+            f"scikit-learn {_NAMES[model]} classifier on (n, C, L) arrays, (n, L) as one channel, or (C, L_i) lists."
         )
 
         def fit(self, X: Any, y: Any) -> Any:
-            params = check_params(model, self)
+            params = _check_params(model, self)
             if y is None:
                 raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
             x, lengths = series(self, X, reset=True)
             y = np.asarray(y)
             if y.ndim == 2 and y.shape[1] == 1:
-                from sklearn.utils.validation import column_or_1d
-
                 y = column_or_1d(y, warn=True)
             check_consistent_length(x, y)
             check_classification_targets(y)
@@ -266,7 +271,7 @@ def _make_aeon(model: str) -> type:
     from aeon.classification.base import BaseClassifier
 
     class AeonClassifier(_Params, BaseClassifier):  # type: ignore[misc]
-        __doc__ = f"aeon {model.upper()} classifier: numpy3D (n, C, L) or np-list of (C, L_i) for unequal lengths."
+        __doc__ = f"aeon {_NAMES[model]} classifier: numpy3D (n, C, L) or np-list of (C, L_i) for unequal lengths."
 
         _tags: ClassVar[dict[str, Any]] = {
             "capability:multivariate": True,
@@ -279,7 +284,7 @@ def _make_aeon(model: str) -> type:
         }
 
         def _fit(self, X: Any, y: Any) -> Any:
-            params = check_params(model, self)
+            params = _check_params(model, self)
             x, lengths = pad_series(X)
             core = _TorchCore(model, params)
             core.fit(x, lengths, np.searchsorted(self.classes_, y), len(self.classes_))
