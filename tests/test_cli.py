@@ -189,6 +189,18 @@ def test_inspect_runs_diagnostics_on_a_data_file(tmp_path: Path, capsys: pytest.
     assert "mean w_avg per class: 0:" in out
 
 
+def test_inspect_names_a_collapsed_router(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = SmallCNN(2, 3, widths=(4, 8))
+    router = model.stages[1][3].fusion_router
+    router[2].weight.data.zero_()
+    router[2].bias.data = router[2].bias.data.new_tensor([8.0, -8.0])  # every sample: all weight on avg
+    path = save_model(model, tmp_path / "m.safetensors")
+    code, out, err = run_in_process(capsys, "inspect", str(path), "--data", str(_npz(tmp_path / "d.npz", channels=2)))
+    assert code == 0, err
+    (line,) = [line for line in out.splitlines() if "COLLAPSED" in line]  # the mixed first block is not named
+    assert line.startswith("stages.1.3: router COLLAPSED onto avg (w_avg > 0.99 for 100.0% of samples)")
+
+
 @pytest.fixture
 def checkpoints(tmp_path: Path) -> dict[str, str]:
     """A missing, a corrupt and another architecture's checkpoint, plus a good one."""

@@ -172,11 +172,29 @@ def run(args: argparse.Namespace) -> int:
         stats = mon.summary()
     print(f"\ndiagnostics on {source} ({len(y)} samples, accuracy {100 * correct / len(y):.2f}%):")
     print(mon.summary_table(stats))
+    for line in collapse_lines(stats, mon.collapse_share, mon.low, mon.high):
+        print(line)
     for s in stats:
         if s.class_w_avg:
             means = ", ".join(f"{_name(classes, c)}: {v:.3f}" for c, v in sorted(s.class_w_avg.items()))
             print(f"{s.block} mean w_avg per class: {means}")
     return 0
+
+
+def collapse_lines(stats: list[Any], share: float, low: float, high: float) -> list[str]:
+    """One line per block whose router sends more than ``share`` of the samples to a single path."""
+    lines = []
+    for s in stats:
+        side = s.collapsed(share)
+        if side is None:
+            continue
+        fraction = s.w_avg_high if side == "avg" else s.w_avg_low
+        bound = f"w_avg > {high:g}" if side == "avg" else f"w_avg < {low:g}"
+        lines.append(
+            f"{s.block}: router COLLAPSED onto {side} ({bound} for {100 * fraction:.1f}% of samples); "
+            "sum fusion computes the same gate cheaper (docs/router.md)"
+        )
+    return lines
 
 
 def _name(classes: tuple[str, ...], index: int) -> str:
