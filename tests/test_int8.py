@@ -192,6 +192,7 @@ def test_export_a_checkpoint_to_onnx(cli: Any, trained: dict[str, Trained], tmp_
         (["--int8", "pt2e", "--calibration", "digits", "--out", "{tmp}"], "--out must end in .pt2"),
         (["--int8", "onnx", "--calibration", "ucr:ItalyPowerDemand", "--out", "{tmp}/m.onnx"], "2 spatial dim(s)"),
         (["--int8", "onnx", "--calibration", "{tmp}/missing.npz", "--out", "{tmp}/m.onnx"], "does not exist"),
+        (["--int8", "onnx", "--calibration", "digits", "--out", "{tmp}/m.safetensors/m.onnx"], "not a writable folder"),
     ],
 )
 def test_export_bad_input_is_one_line_before_work(
@@ -201,7 +202,7 @@ def test_export_bad_input_is_one_line_before_work(
     assert cli(["export", str(ckpt), *(a.format(tmp=tmp_path) for a in args)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cafusion: error:") and needle in err[0]
-    assert not list(tmp_path.glob("m.onnx")) and not list(tmp_path.glob("m.pt2"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]  # nothing written
 
 
 def test_export_missing_checkpoint(cli: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -52,19 +52,20 @@ def add_parser(sub: Any) -> None:
 
 
 def check_out(path: str, backend: str) -> Path:
-    """The output path, if it has the backend's suffix and its folder can be written; else a one-line error."""
+    """The output path, if it has the backend's suffix and its folder can be made and written; else one line.
+
+    Nothing is created here: the folder is made only once every input has been checked.
+    """
     out = Path(path)
     if out.suffix != SUFFIX[backend]:
         raise CLIError(f"--out must end in {SUFFIX[backend]} for --int8 {backend}, got {path!r}", code=2)
     if out.is_dir():
         raise CLIError(f"--out {path!r} is a folder; give the file to write", code=2)
-    folder = out.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CLIError(f"--out {path!r}: cannot create its folder ({exc.strerror or exc})", code=2) from None
-    if not os.access(folder, os.W_OK):
-        raise CLIError(f"--out {path!r}: its folder {str(folder)!r} is not writable", code=2)
+    existing = out.parent.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise CLIError(f"--out {path!r}: {str(existing)!r} is not a writable folder", code=2)
     return out
 
 
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     model, name, kwargs = load_any(args.checkpoint)
     x, source = calibration_samples(args.calibration, kwargs, args.limit)
     print(f"{args.checkpoint}: {name}; calibrating on {source}", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     result = quantize.quantize_int8(model, x, args.int8, out=out, batch=args.batch_size)
     agree = agreement(model, result, x, args.int8, args.batch_size)
     int8, floats = quantize.int8_ops(result if args.int8 == "pt2e" else out)
