@@ -8,6 +8,7 @@ Torch is imported inside ``_run`` so that ``cafusion --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,13 @@ recipe (Fawaz et al. 2019): Adam, ReduceLROnPlateau on the training loss (--fact
 --min-lr), batch min(N/10, 16) for fcn and min(N/10, 64) for resnet unless --batch-size is given;
 the model with the lowest training loss is tested. The paper trains 2000 (fcn) / 1500 (resnet) epochs.
 
-scale out: --jobs N runs N runs at once on this machine (cores split between them); --shard K/N
-runs every N-th run, e.g. one per Slurm array task; each run writes <out>/runs/<id>.json. Running
-again skips finished runs (resume) and rebuilds the report from all of them; --report-only only
-rebuilds it (this merges the shards).
+scale out: --jobs N runs N runs at once on this machine (cores split between them); --devices
+cuda:0,cuda:1 runs one run per GPU at once; --executor slurm submits the pending runs as one Slurm
+job array through submitit (--partition, --time, --cpus-per-task, --gpus-per-task; --no-wait returns
+at once), --executor local runs that same array with submitit's local executor; --shard K/N runs
+every N-th run, for other schedulers. Each run writes <out>/runs/<id>.json. Running again skips
+finished runs (resume) and rebuilds the report from all of them; --report-only only rebuilds it
+(this merges shards and job arrays).
 
 out: runs/*.json (one per run), report.json, report.md, runs.csv, <dataset>__<model>.png.
 """
@@ -98,6 +102,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs at once on this machine; default: 1")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run; default: cores / jobs")
     p.add_argument("--shard", default="1/1", metavar="K/N", help="run only every N-th run, from the K-th")
+    p.add_argument(
+        "--devices", default=None, metavar="D1,D2,...", help="one run per device at once, e.g. cuda:0,cuda:1"
+    )
+    p.add_argument("--executor", default=None, choices=("slurm", "local"), help="submit a submitit job array")
+    p.add_argument("--partition", default=None, help="--executor slurm: the Slurm partition")
+    p.add_argument("--time", type=int, default=60, metavar="MIN", help="--executor: minutes per run; default: 60")
+    p.add_argument("--cpus-per-task", type=int, default=None, help="--executor: default: --threads, else 1")
+    p.add_argument("--gpus-per-task", type=int, default=0, help="--executor: GPUs per run; default: 0")
+    p.add_argument("--array-parallelism", type=int, default=None, help="--executor slurm: tasks at once")
+    p.add_argument("--no-wait", action="store_true", help="--executor: return once submitted")
     p.add_argument("--resume", action="store_true", help="accepted for clarity: finished runs are always skipped")
     p.add_argument(
         "--baselines",
@@ -180,20 +194,79 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads is not None:
         check.positive_int("--threads", args.threads)
     k, n = plan.parse_shard(args.shard)
+    devices, cluster = _scale_out(args, jobs)
     _use_archive(args.archive)
     config = config_from_args(args)
     _check_model_and_data(config)
     runs = plan.shard(plan.plan(config), k, n)
     pending = [r for r in runs if not plan.finished(out, r)]
     shard = "" if n == 1 else f" (shard {k}/{n})"
-    print(
-        f"{len(runs)} runs{shard}: {len(runs) - len(pending)} already finished, {len(pending)} to run, {jobs} at once"
+    where = (
+        f"as a {cluster.executor} job array"
+        if cluster is not None
+        else f"one per device on {','.join(devices)}"
+        if devices
+        else f"{jobs} at once"
     )
+    print(f"{len(runs)} runs{shard}: {len(runs) - len(pending)} already finished, {len(pending)} to run, {where}")
     progress = False if args.no_progress else None
-    execute.execute(pending, out, jobs=jobs, threads=args.threads, progress=progress, printer=_print_now)
+    if cluster is not None:
+        execute.submit(pending, out, cluster, wait_for=not args.no_wait, printer=_print_now)
+        if args.no_wait and pending:
+            return 0
+    else:
+        execute.execute(
+            pending, out, jobs=jobs, devices=devices, threads=args.threads, progress=progress, printer=_print_now
+        )
     written = write_report(out, build_report(out, baselines), figures=not args.no_figures)
     print(f"report: {written[1]} ({len(written)} files)")
     return 0
+
+
+def _scale_out(args: argparse.Namespace, jobs: int) -> tuple[list[str], Any]:
+    """--devices and --executor, checked: (the devices, one per worker; the submitit Cluster or None)."""
+    from cafusion import _validation as check
+    from cafusion.compare.execute import Cluster
+
+    devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()]
+    bad = [d for d in devices if d != "cpu" and d != "cuda" and not (d.startswith("cuda:") and d[5:].isdigit())]
+    if args.devices is not None and (bad or not devices):
+        raise ValueError(f"--devices must be comma-separated cpu, cuda or cuda:N, got {args.devices!r}")
+    if devices and jobs != 1:
+        raise ValueError("--devices runs one run per device at once; it replaces --jobs, give one or the other")
+    _check_devices(devices)
+    if args.executor is None:
+        given = [f for f, v in (("--partition", args.partition), ("--no-wait", args.no_wait)) if v]
+        if given:
+            raise ValueError(f"{given[0]} applies to --executor slurm or local only")
+        return devices, None
+    if devices or jobs != 1:
+        raise ValueError("--executor submits one task per run; --jobs and --devices do not apply to it")
+    if importlib.util.find_spec("submitit") is None:
+        raise ImportError("--executor needs submitit: pip install 'cafusion[slurm]'")
+    cpus = args.cpus_per_task if args.cpus_per_task is not None else (args.threads or 1)
+    cluster = Cluster(
+        executor=args.executor,
+        partition=args.partition,
+        time_min=check.positive_int("--time", args.time),
+        cpus=check.positive_int("--cpus-per-task", cpus),
+        gpus=0 if args.gpus_per_task == 0 else check.positive_int("--gpus-per-task", args.gpus_per_task),
+        parallel=None
+        if args.array_parallelism is None
+        else check.positive_int("--array-parallelism", args.array_parallelism),
+    )
+    return devices, cluster
+
+
+def _check_devices(devices: list[str]) -> None:
+    """Every cuda:N of --devices exists here, before any run starts."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for d in devices:
+        index = 0 if d == "cuda" else int(d[5:]) if d.startswith("cuda:") else None
+        if index is not None and index >= count:
+            raise ValueError(f"--devices {d}: this machine has {count} CUDA device(s)")
 
 
 def _use_archive(archive: str | None) -> None:
