@@ -61,7 +61,7 @@ class CompareConfig:
     first_seed: int = 0
     # the recipe's numbers (cafusion.models.recipe, shared with the aeon / scikit-learn classifiers)
     epochs: int = recipe.EPOCHS
-    batch_size: int | None = None  # None: the recipe's min(N/10, cap) for fcn/resnet, else 32
+    batch_size: int | None = None  # None: the recipe's min(N/10, cap) for fcn/resnet, min(N, 64) for inception, else 32
     lr: float = recipe.LR
     min_lr: float = recipe.MIN_LR
     patience: int = recipe.PATIENCE
@@ -74,7 +74,7 @@ class CompareConfig:
     # ucr: "auto" as Fawaz et al. 2019 (univariate z-normalised per series, multivariate as stored),
     # "series" z-normalises every set, "none" keeps the archive's values
     norm: str = "auto"
-    lengths: bool = False  # give fcn/resnet/small_cnn the true lengths of padded series (masked padding)
+    lengths: bool = False  # give fcn/resnet/inception/small_cnn the true lengths of padded series (masked padding)
 
     def validate(self) -> CompareConfig:
         if not isinstance(self.data, list) or not self.data or not all(isinstance(d, str) and d for d in self.data):

@@ -1,10 +1,11 @@
 """One run of a comparison: train one variant for one seed on one source, test it, return a result dict.
 
-The recipe is Fawaz et al. 2019's for FCN/ResNet: Adam, ReduceLROnPlateau on the training loss,
-and the model with the lowest training loss is the one tested. Pairing: for a seed, every variant
-starts from the same backbone weights (copied from the ``none`` model built with that seed), sees
-the same batches in the same order (a permutation drawn from (seed, epoch) only), and the same
-split. So per-seed differences between variants come from the blocks, not from luck of the draw.
+The recipe is Fawaz et al. 2019's for FCN/ResNet (InceptionTime's too, with its batch of 64): Adam,
+ReduceLROnPlateau on the training loss, and the model with the lowest training loss is the one
+tested. Pairing: for a seed, every variant starts from the same backbone weights (copied from the
+``none`` model built with that seed), sees the same batches in the same order (a permutation drawn
+from (seed, epoch) only), and the same split. So per-seed differences between variants come from
+the blocks, not from luck of the draw.
 
 For blocks with a router the result also carries the router diagnostics: FusionMonitor's w_avg,
 share preferring max, gate saturation and T on the test set, w_avg per epoch during training, the
@@ -61,7 +62,7 @@ def build_paired_model(run: RunSpec, split: Split) -> tuple[nn.Module, int]:
 
 
 def takes_lengths(model: nn.Module) -> bool:
-    """True for models whose forward takes ``lengths`` (masked padding: fcn, resnet, small_cnn)."""
+    """True for models whose forward takes ``lengths`` (masked padding: fcn, resnet, inception, small_cnn)."""
     return "lengths" in inspect.signature(model.forward).parameters
 
 
@@ -225,7 +226,9 @@ def _lengths(run: RunSpec, split: Split, model: nn.Module) -> tuple[Tensor | Non
     if not run.config.lengths or split.lengths_train is None or split.lengths_test is None:
         return None, None
     if not takes_lengths(model):
-        raise ValueError(f"--lengths: model {run.config.model!r} takes no lengths; use fcn, resnet or small_cnn")
+        raise ValueError(
+            f"--lengths: model {run.config.model!r} takes no lengths; use fcn, resnet, inception or small_cnn"
+        )
     return split.lengths_train, split.lengths_test
 
 

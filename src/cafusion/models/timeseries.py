@@ -1,17 +1,18 @@
-"""FCN and ResNet for time-series classification (Wang et al. 2017, as benchmarked by Fawaz et al. 2019).
+"""FCN, ResNet (Wang et al. 2017, as benchmarked by Fawaz et al. 2019) and InceptionTime (Ismail Fawaz et al. 2020).
 
-Both take (B, in_channels, L) and return (B, num_classes) logits. An attention block, chosen by
+All take (B, in_channels, L) and return (B, num_classes) logits. An attention block, chosen by
 registry name, sits after each conv block of FCN (the squeeze-excite FCN of MLSTM-FCN, Karim et al.
-2019) and after the last batch norm of each residual branch of ResNet, before the addition (the
-SE-ResNet position). With ``attention="none"`` the models are the published baselines, and every
+2019), after the last batch norm of each residual branch of ResNet, before the addition (the
+SE-ResNet position), and after each inception module of InceptionTime (after its ReLU, before any
+shortcut addition). With ``attention="none"`` the models are the published baselines, and every
 variant has the same backbone parameter names, so paired ablations can give all of them the same
 initial backbone weights.
 
 Padded batches: ``forward(x, lengths)`` makes the result for each series what it would be alone,
 unpadded (in eval mode): every convolution sees zeros past a series' end, as 'same' padding gives a
-lone series, the attention blocks squeeze over real positions (``cafusion.masking.padding``) and the
-head averages real positions only. Batch norm in training mode still pools statistics over the
-padding, as it pools over the batch.
+lone series, max pooling never picks a padded position, the attention blocks squeeze over real
+positions (``cafusion.masking.padding``) and the head averages real positions only. Batch norm in
+training mode still pools statistics over the padding, as it pools over the batch.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ class SameConv1d(nn.Conv1d):
     explicitly does that copy once, silently.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int) -> None:
-        super().__init__(in_channels, out_channels, kernel)
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, kernel, bias=bias)
         self.pad = ((kernel - 1) // 2, kernel // 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -197,6 +198,123 @@ class ResNet(nn.Module):
             prev = width
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(prev, num_classes)
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """``lengths`` (B,): real steps of each series in a batch padded at the end (see the module doc)."""
+        return masked_head(self.blocks, self.head, x, lengths)
+
+
+def same_max_pool(x: Tensor, kernel: int = 3) -> Tensor:
+    """Stride-1 max pool that keeps the length (Keras 'same': the window never sees the padding).
+
+    Inside a ``masking.padding`` block the padded positions are out of every window too, and zero in
+    the output, so a series in a padded batch pools exactly as it does alone.
+    """
+    if kernel % 2 != 1:
+        raise ValueError(f"kernel must be an odd int, got {kernel!r}")
+    if torch.jit.is_scripting():  # type: ignore[attr-defined]
+        return F.max_pool1d(x, kernel, 1, kernel // 2)
+    lengths, mask = masking.current(x)
+    valid = masking.valid_mask(x, lengths, mask)
+    if valid is None:
+        return F.max_pool1d(x, kernel, 1, kernel // 2)
+    keep = valid.view(x.shape[0], 1, *x.shape[2:])
+    low = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
+    pooled = F.max_pool1d(torch.where(keep, x, low), kernel, 1, kernel // 2)
+    return torch.where(keep, pooled, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+class InceptionModule(nn.Module):
+    """Bottleneck 1x1 (if more than one input channel), convs of three kernels beside max-pool -> 1x1; concat, BN, ReLU.
+
+    Every convolution is bias-free as in the reference code (the batch norm that follows has the
+    shift); the attention block takes the ReLU output.
+    """
+
+    def __init__(
+        self, in_channels: int, filters: int, bottleneck: int, kernels: tuple[int, ...], attention: nn.Module
+    ) -> None:
+        super().__init__()
+        self.bottleneck: nn.Module = nn.Identity()
+        width = in_channels
+        if in_channels > 1:
+            self.bottleneck, width = nn.Conv1d(in_channels, bottleneck, 1, bias=False), bottleneck
+        self.branches = nn.ModuleList(SameConv1d(width, filters, k, bias=False) for k in kernels)
+        self.pool_conv = nn.Conv1d(in_channels, filters, 1, bias=False)
+        self.bn = nn.BatchNorm1d(filters * (len(kernels) + 1))
+        self.act = nn.ReLU()
+        self.attention = attention
+
+    def forward(self, x: Tensor) -> Tensor:
+        inner = self.bottleneck(x)
+        outs = [branch(inner) for branch in self.branches]
+        outs.append(self.pool_conv(same_max_pool(x, 3)))
+        out: Tensor = self.attention(self.act(self.bn(torch.cat(outs, dim=1))))
+        return out
+
+
+class InceptionBlock(nn.Module):
+    """Three inception modules, then + shortcut (1x1 conv without bias, BN) and ReLU: one residual unit."""
+
+    def __init__(self, in_channels: int, modules: list[InceptionModule]) -> None:
+        super().__init__()
+        self.inception = nn.Sequential(*modules)
+        width = modules[-1].bn.num_features
+        self.shortcut = nn.Sequential(nn.Conv1d(in_channels, width, 1, bias=False), nn.BatchNorm1d(width))
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.act(self.inception(x) + self.shortcut(x))
+        return out
+
+
+class InceptionTime(nn.Module):
+    """One InceptionTime network: 6 inception modules (32 filters per branch), a shortcut every 3, GAP, linear head.
+
+    Kernels 40/20/10 as the reference code builds them (``kernel_size=41`` minus one, halved twice),
+    padded like Keras' 'same' (one more on the right for even kernels, see ``SameConv1d``). The
+    published classifier is an ensemble of five of these; this is one member.
+    """
+
+    DEPTH = 6
+    RESIDUAL_EVERY = 3
+    FILTERS = 32
+    BOTTLENECK = 32
+    KERNELS = (40, 20, 10)
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        attention: str = "none",
+        attention_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        kwargs = _check_args(in_channels, num_classes, attention, attention_kwargs)
+        self.config: dict[str, Any] = {
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "attention": attention,
+            "attention_kwargs": kwargs,
+        }
+        width = self.FILTERS * (len(self.KERNELS) + 1)
+        blocks: list[nn.Module] = []
+        prev = in_channels
+        for _ in range(self.DEPTH // self.RESIDUAL_EVERY):
+            modules = [
+                InceptionModule(
+                    prev if i == 0 else width,
+                    self.FILTERS,
+                    self.BOTTLENECK,
+                    self.KERNELS,
+                    _attention(attention, width, kwargs),
+                )
+                for i in range(self.RESIDUAL_EVERY)
+            ]
+            blocks.append(InceptionBlock(prev, modules))
+            prev = width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``lengths`` (B,): real steps of each series in a batch padded at the end (see the module doc)."""

@@ -1,7 +1,8 @@
 """Build the model a training run asks for: the small CNN, or a timm/torchvision model by name.
 
-Names: ``small_cnn`` (any input rank: 1D signals, images, volumes), ``fcn`` and ``resnet`` (1D
-signals: Wang et al. 2017's time-series baselines), ``timm:<name>`` and
+Names: ``small_cnn`` (any input rank: 1D signals, images, volumes), ``fcn``, ``resnet`` and
+``inception`` (1D signals: Wang et al. 2017's time-series baselines and one InceptionTime network,
+Ismail Fawaz et al. 2020), ``timm:<name>`` and
 ``torchvision:<name>`` (2D images only, random init: nothing is ever downloaded). The attention
 block comes from the registry by name with its options; ``--norm`` can swap batch norm for group
 norm or nothing, which is what makes a multi-process CPU run reproduce a single-process one (batch
@@ -19,7 +20,7 @@ from typing import Any
 from torch import nn
 
 MODEL_PREFIXES = ("timm:", "torchvision:")
-TIMESERIES_MODELS = ("fcn", "resnet")  # Wang et al. 2017: 1D signals (N, C, L) only
+TIMESERIES_MODELS = ("fcn", "resnet", "inception")  # 1D signals (N, C, L) only
 NORMS = ("batch", "group", "none")
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -123,9 +124,9 @@ def _build_timeseries(spec: ModelSpec) -> nn.Module:
             f"model {spec.name!r} takes 1D signals (N, C, L); this data has {spec.dims} spatial dims: "
             "use --model small_cnn, timm:<name> or torchvision:<name>"
         )
-    from cafusion.models.timeseries import FCN, ResNet
+    from cafusion.models.timeseries import FCN, InceptionTime, ResNet
 
-    cls = FCN if spec.name == "fcn" else ResNet
+    cls = {"fcn": FCN, "resnet": ResNet, "inception": InceptionTime}[spec.name]
     return cls(spec.in_channels, spec.num_classes, attention=spec.attention, attention_kwargs=spec.attention_kwargs)
 
 
