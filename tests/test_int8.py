@@ -174,11 +174,14 @@ def test_export_a_train_run_folder_to_pt2e(cli: Any, tmp_path: Path, capsys: pyt
         assert load_pt2e(out)(digits.x_test[:7]).shape == (7, 10)
 
 
-def test_export_a_checkpoint_to_onnx(cli: Any, trained: dict[str, Trained], tmp_path: Path) -> None:
-    model, _, x, y = trained["digits"]
-    ckpt = save_model(model, tmp_path / "digits.safetensors")
-    out = tmp_path / "digits.onnx"
-    args = ["export", str(ckpt), "--int8", "onnx", "--calibration", "digits", "--out", str(out), "--limit", "256"]
+@pytest.mark.parametrize(("name", "data"), [("digits", "digits"), ("fcn", "ucr:ItalyPowerDemand")])
+def test_export_a_checkpoint_to_onnx(
+    cli: Any, trained: dict[str, Trained], tmp_path: Path, name: str, data: str
+) -> None:
+    model, _, x, y = trained[name]
+    ckpt = save_model(model, tmp_path / "model.safetensors")
+    out = tmp_path / "model.onnx"
+    args = ["export", str(ckpt), "--int8", "onnx", "--calibration", data, "--out", str(out), "--limit", "256"]
     assert cli(args) == 0
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     acc_int8 = _accuracy(lambda xb: torch.from_numpy(session.run(None, {"x": xb.numpy()})[0]), x, y)

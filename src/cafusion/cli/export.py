@@ -69,8 +69,12 @@ def check_out(path: str, backend: str) -> Path:
     return out
 
 
-def calibration_samples(spec: str, config: dict[str, Any], limit: int) -> tuple[Any, str]:
-    """(x, description): up to ``limit`` samples of ``spec`` in a fixed random order, checked against the model."""
+def calibration_samples(spec: str, name: str, config: dict[str, Any], limit: int) -> tuple[Any, str]:
+    """(x, description): up to ``limit`` samples of ``spec`` in a fixed random order, checked against the model.
+
+    ``name``/``config``: the model's class name and constructor arguments (FCN and ResNet take 1D
+    signals and record no ``dims``).
+    """
     import torch
 
     from cafusion.cli.inspect import _check_fits
@@ -93,7 +97,7 @@ def calibration_samples(spec: str, config: dict[str, Any], limit: int) -> tuple[
                 code=2,
             )
         x, source = data.x, spec
-    _check_fits(x, config, f"--calibration {source}")
+    _check_fits(x, {"dims": 1, **config} if name in ("FCN", "ResNet") else config, f"--calibration {source}")
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:limit]
     return x[order], f"{len(order)} samples of {source}"
 
@@ -106,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     quantize.require(NEEDS[args.int8])
     model, name, kwargs = load_any(args.checkpoint)
-    x, source = calibration_samples(args.calibration, kwargs, args.limit)
+    x, source = calibration_samples(args.calibration, name, kwargs, args.limit)
     print(f"{args.checkpoint}: {name}; calibrating on {source}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = quantize.quantize_int8(model, x, args.int8, out=out, batch=args.batch_size)
