@@ -133,3 +133,10 @@ def test_plotting_does_not_touch_pyplot_state(monitor: FusionMonitor, tmp_path: 
     before = plt.get_fignums()
     plot_fusion_histograms(monitor.summary(), tmp_path / "h.png")
     assert plt.get_fignums() == before
+
+
+def test_training_curves_name_the_saturation_limits(monitor: FusionMonitor) -> None:
+    from cafusion.diagnostics.plots import training_curves_figure
+
+    fig = training_curves_figure(monitor.history, limits=(0.05, 0.95))
+    assert any(ax.get_title() == "share of ca < 0.05 or > 0.95" for ax in fig.axes)

@@ -484,7 +484,9 @@ class FusionMonitor:
         return [
             plot_fusion_histograms(stats, out / f"{prefix}fusion_hist.png"),
             plot_class_means(stats, out / f"{prefix}class_w_avg.png"),
-            plot_training_curves(self.history, out / f"{prefix}training_curves.png", x_label=x_label),
+            plot_training_curves(
+                self.history, out / f"{prefix}training_curves.png", x_label=x_label, limits=(self.low, self.high)
+            ),
         ]
 
     def log_tensorboard(self, writer: Any, step: int | None = None) -> None:

@@ -77,17 +77,27 @@ def plot_class_means(stats: Sequence[BlockStats], path: str | Path, title: str =
 
 
 def plot_training_curves(
-    history: Sequence[BlockStats], path: str | Path, title: str = "", x_label: str = "epoch"
+    history: Sequence[BlockStats],
+    path: str | Path,
+    title: str = "",
+    x_label: str = "epoch",
+    limits: tuple[float, float] = (0.01, 0.99),
 ) -> Path:
     """Two panels over the monitor's steps: the temperature T of each block, and its gate saturation.
 
     The trainer and the demo close one monitor step per epoch, so the x axis counts epochs from 1;
-    ``x_label`` names it for callers that step differently.
+    ``x_label`` names it for callers that step differently; ``limits`` are the monitor's ``low`` and
+    ``high``, the gate values that count as saturated.
     """
-    return _save(training_curves_figure(history, title, x_label), path)
+    return _save(training_curves_figure(history, title, x_label, limits), path)
 
 
-def training_curves_figure(history: Sequence[BlockStats], title: str = "", x_label: str = "epoch") -> Any:
+def training_curves_figure(
+    history: Sequence[BlockStats],
+    title: str = "",
+    x_label: str = "epoch",
+    limits: tuple[float, float] = (0.01, 0.99),
+) -> Any:
     """The figure :func:`plot_training_curves` saves (x: step number from 1)."""
     fig, (ax_t, ax_s) = _figure(2)
     by_block: dict[str, list[BlockStats]] = {}
@@ -105,7 +115,7 @@ def training_curves_figure(history: Sequence[BlockStats], title: str = "", x_lab
     ax_t.set_ylabel("temperature T")
     ax_s.set_xlabel(x_label)
     ax_s.set_ylabel("saturated gate values (%)")
-    ax_s.set_title("share of ca < low or > high", fontsize=9)
+    ax_s.set_title(f"share of ca < {limits[0]:g} or > {limits[1]:g}", fontsize=9)
     ax_t.legend(fontsize=8)
     if title:
         fig.suptitle(title)
