@@ -1,17 +1,26 @@
 """The report's figures (matplotlib, Agg): per (dataset, model) accuracy with 95% CI bars, per-seed
-paired differences to ``none``, accuracy against the epoch budget, and each router's w_avg per epoch."""
+paired differences to ``none``, accuracy against the epoch budget, and each router's w_avg per epoch;
+per model over data sets, aeon's critical-difference diagram (when aeon is installed)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
 
+def cd_figure_name(model: str) -> str:
+    """The file name of one model's critical-difference diagram."""
+    return f"cd_{_SAFE.sub('_', model)}.png"
+
+
 def write_figures(out: Path, report: dict[str, Any]) -> list[Path]:
-    """One PNG of four panels per (dataset, model) table; returns their paths."""
+    """One PNG of four panels per (dataset, model) table, then the CD diagrams; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,7 +39,30 @@ def write_figures(out: Path, report: dict[str, Any]) -> list[Path]:
         fig.savefig(path, dpi=90)
         plt.close(fig)
         paths.append(path)
+    for model, rank in report["ranking"].items():
+        if rank is not None and rank["cd"] is not None and importlib.util.find_spec("aeon") is not None:
+            paths.append(write_cd(out / cd_figure_name(model), rank)[0])
     return paths
+
+
+def write_cd(path: Path, rank: dict[str, Any]) -> tuple[Path, Any]:
+    """aeon's critical-difference diagram of one model's ``stats.ranks``; returns the path and aeon's p-values.
+
+    aeon draws the cliques by the rule ``stats.critical_difference`` computes (same alpha), so the
+    figure shows the cliques the report lists.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from aeon.visualisation import plot_critical_difference
+
+    fig, _, p_values = plot_critical_difference(
+        np.asarray(rank["scores"]), list(rank["variants"]), alpha=rank["cd"]["alpha"], return_p_values=True
+    )
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path, p_values
 
 
 def _accuracy(ax: Any, t: dict[str, Any]) -> None:

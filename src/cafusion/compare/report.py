@@ -9,6 +9,7 @@ and the figures (plots.py).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 from collections import defaultdict
@@ -19,6 +20,7 @@ from cafusion._files import atomic_write_text
 from cafusion.compare import stats
 from cafusion.compare.config import BASELINES
 from cafusion.compare.plan import iter_results, stored_settings
+from cafusion.compare.plots import cd_figure_name
 from cafusion.compare.published import published_accuracy
 
 CSV_FIELDS = (
@@ -44,6 +46,24 @@ CONSISTENCY = (
     "caft_sum vs cbam is a consistency check, not a finding: with T = 1 and a sigmoid gate caft_sum computes "
     "CBAM's channel attention, so the two should differ only by their initial block weights. The seed's own "
     "contribution is the router and the temperature: caft has to beat cbam (and caft_sum) for them to count."
+)
+HOLM_NOTE = (
+    "Holm's correction per (data set, model) table: its family is every distinct pair of variants tested in "
+    "that table (a vs b and b vs a are one test); undefined tests do not count"
+)
+EFFECT_NOTE = (
+    "effect size: the mean paired difference in points with its 95% t interval over seeds, and Cohen's d_z "
+    "(mean / sd of the paired differences; n/a when they have no spread)"
+)
+RANKS_NOTE = (
+    f"across data sets, per model: mean ranks of the mean accuracies, the Friedman test, and aeon's "
+    f"Wilcoxon-Holm critical difference (alpha {stats.CD_ALPHA}): one-sided Wilcoxon signed-rank tests over "
+    f"data sets between variants in rank order, Holm-adjusted over all pairs, and the cliques of aeon's "
+    f"diagram; it needs at least {stats.CD_MIN_DATASETS} data sets and {stats.CD_MIN_VARIANTS} variants"
+)
+NO_AEON_NOTE = (
+    "aeon is not installed (the timeseries extra): no critical-difference diagram is drawn; the ranks, "
+    "tests and cliques are computed without it"
 )
 
 
@@ -71,8 +91,11 @@ def build_report(out: Path, baselines: tuple[str, ...] = BASELINES) -> dict[str,
         "ranking": {model: stats.ranks(table) for model, table in sorted(by_model.items())},
         "collapse": _collapse_overall(tables),
         "notes": {
-            "tests": f"paired t-test below {stats.WILCOXON_MIN} seeds, Wilcoxon signed-rank from there; "
-            "p-values are not corrected for multiple comparisons",
+            "tests": f"paired t-test below {stats.WILCOXON_MIN} seeds, Wilcoxon signed-rank from there",
+            "holm": HOLM_NOTE,
+            "effect": EFFECT_NOTE,
+            "ranks": RANKS_NOTE,
+            **({} if importlib.util.find_spec("aeon") else {"cd_diagram": NO_AEON_NOTE}),
             **({"consistency": CONSISTENCY} if _ran_together(tables, "caft_sum", "cbam") else {}),
         },
     }
@@ -108,6 +131,7 @@ def _group(dataset: str, model: str, runs: list[dict[str, Any]], baselines: tupl
         if any("router" in r for r in rs):
             entry["router"] = _router_summary(rs)
         variants.append(entry)
+    family = _holm_family(variants)
     # Published numbers belong to the archive's own train/test split; a user's file has none.
     published = published_accuracy(dataset, model) if first.get("published_split", True) else None
     return {
@@ -120,8 +144,29 @@ def _group(dataset: str, model: str, runs: list[dict[str, Any]], baselines: tupl
         # ucr: the normalisation applied ("series" or "none"); more than one means mixed runs
         "norm": sorted({n for n in (stored_settings(r).get("norm") for r in runs) if n is not None}),
         "published_acc": published,
+        "holm_family": family,
         "variants": variants,
     }
+
+
+def _holm_family(variants: list[dict[str, Any]]) -> int:
+    """Sets ``p_holm`` in every ``versus`` entry of one table; returns the family size m.
+
+    The family is the distinct pairs tested in the table: a vs b and b vs a pair the same seeds, so
+    they have the same two-sided p and count once.
+    """
+    pairs: dict[frozenset[str], float | None] = {}
+    for v in variants:
+        for b, c in v["versus"].items():
+            if c is not None:
+                pairs.setdefault(frozenset((v["variant"], b)), c["p"])
+    keys = list(pairs)
+    adjusted = dict(zip(keys, stats.holm([pairs[k] for k in keys]), strict=True))
+    for v in variants:
+        for b, c in v["versus"].items():
+            if c is not None:
+                c["p_holm"] = adjusted[frozenset((v["variant"], b))]
+    return sum(p is not None for p in pairs.values())
 
 
 def _collapse_overall(tables: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -242,7 +287,14 @@ def _versus(entry: dict[str, Any], baseline: str) -> str:
     if v is None:
         return "–"
     p = UNDEFINED_CELL if v["p"] is None else f"{v['p']:.3g}"
-    return f"{100 * v['mean_diff']:+.2f} (p={p}; {v['win']}/{v['tie']}/{v['loss']})"
+    if v.get("p_holm") is not None:
+        p += f", Holm {v['p_holm']:.3g}"
+    ci = v["ci95"]
+    dz = "n/a" if v.get("d_z") is None else f"{v['d_z']:.2f}"
+    return (
+        f"{100 * v['mean_diff']:+.2f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}], d_z {dz} "
+        f"(p={p}; {v['win']}/{v['tie']}/{v['loss']})"
+    )
 
 
 def _any_undefined(report: dict[str, Any]) -> bool:
@@ -286,8 +338,11 @@ def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
         "# cafusion compare report",
         "",
         f"{report['runs']} finished runs. Accuracy: test accuracy (%) of the model with the lowest training loss, "
-        "mean ± std over seeds, with the 95% t interval. Versus a baseline: mean paired difference in points, "
-        f"the p-value of the paired test ({report['notes']['tests']}), and win/tie/loss over seeds.",
+        "mean ± std over seeds, with the 95% t interval. Versus a baseline: mean paired difference in points "
+        "with its 95% t interval, Cohen's d_z, the p-value of the paired test "
+        f"({report['notes']['tests']}) with its Holm-corrected value, and win/tie/loss over seeds.",
+        "",
+        f"{report['notes']['holm']}. The {report['notes']['effect']}.",
         "",
     ]
     if "consistency" in report["notes"]:
@@ -302,7 +357,8 @@ def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
         lines += [
             f"## {t['dataset']} · {t['model']}",
             "",
-            f"{t['data']}. Epochs {t['epochs']}, batch {t['batch_size']}{pub}.",
+            f"{t['data']}. Epochs {t['epochs']}, batch {t['batch_size']}{pub}."
+            + (f" Holm family: the {t['holm_family']} tests of this table." if t.get("holm_family") else ""),
             "",
             "| variant | seeds | accuracy | 95% CI | " + "".join(f"vs {b} | " for b in shown) + "params | s/epoch |",
             "|---|---|---|---|" + "---|" * len(shown) + "---|---|",
@@ -348,19 +404,8 @@ def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
                     )
         lines.append("")
     for model, rank in report["ranking"].items():
-        if rank is None:
-            continue
-        order = sorted(rank["mean_rank"].items(), key=lambda kv: kv[1])
-        friedman = "–" if rank["friedman_p"] is None else f"{rank['friedman_p']:.3g}"
-        cd = "–" if rank["nemenyi_cd"] is None else f"{rank['nemenyi_cd']:.2f}"
-        lines += [
-            f"## Ranking · {model} over {len(rank['datasets'])} data sets",
-            "",
-            "Mean rank of the mean accuracy (1 = best): " + ", ".join(f"{v} {r:.2f}" for v, r in order) + ".",
-            f"Friedman p = {friedman}; Nemenyi critical difference (alpha 0.05) = {cd} ranks: two variants whose "
-            "mean ranks are closer than that are not shown to differ.",
-            "",
-        ]
+        if rank is not None:
+            lines += _ranking(model, rank, report["notes"].get("cd_diagram"), figures)
     if report.get("collapse"):
         lines += [
             "## Router collapse over every data set",
@@ -373,6 +418,39 @@ def render_markdown(report: dict[str, Any], figures: list[str]) -> str:
             share = 100 * c["collapsed"] / max(c["routers"], 1)
             lines.append(f"| {name} | {c['routers']} | {c['collapsed']} ({share:.0f}%) | {len(c['datasets'])} |")
         lines.append("")
-    if figures:
-        lines += ["## Figures", ""] + [f"![{name}]({name})" for name in figures] + [""]
+    cd_names = {cd_figure_name(m) for m, r in report["ranking"].items() if r is not None and r["cd"] is not None}
+    rest = [name for name in figures if name not in cd_names]  # the CD diagrams are in their ranking sections
+    if rest:
+        lines += ["## Figures", ""] + [f"![{name}]({name})" for name in rest] + [""]
     return "\n".join(lines)
+
+
+def _ranking(model: str, rank: dict[str, Any], no_diagram: str | None, figures: list[str]) -> list[str]:
+    """One model's ranks over data sets, the Friedman p and the critical difference (or why there is none)."""
+    order = sorted(rank["mean_rank"].items(), key=lambda kv: kv[1])
+    friedman = "–" if rank["friedman_p"] is None else f"{rank['friedman_p']:.3g}"
+    lines = [
+        f"## Ranking · {model} over {len(rank['datasets'])} data sets",
+        "",
+        "Mean rank of the mean accuracy (1 = best): " + ", ".join(f"{v} {r:.2f}" for v, r in order) + ".",
+        f"Friedman p = {friedman}.",
+    ]
+    cd = rank["cd"]
+    if cd is None:
+        return [*lines, f"No critical-difference diagram: {rank['cd_skipped']}.", ""]
+    groups = "; ".join("{" + ", ".join(c) + "}" for c in cd["cliques"]) or "none (every pair differs)"
+    lines += [
+        f"Critical difference (aeon's Wilcoxon-Holm, alpha {cd['alpha']}): cliques of variants not shown to differ: "
+        f"{groups}.",
+        "",
+        f"| better rank | worse rank | one-sided Wilcoxon p | Holm ({len(cd['pairs'])} pairs) |",
+        "|---|---|---|---|",
+        *(f"| {p['better']} | {p['worse']} | {p['p']:.3g} | {p['p_holm']:.3g} |" for p in cd["pairs"]),
+        "",
+    ]
+    name = cd_figure_name(model)
+    if name in figures:
+        lines += [f"![{name}]({name})", ""]
+    elif no_diagram:
+        lines += [f"{no_diagram}.", ""]
+    return lines

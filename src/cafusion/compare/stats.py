@@ -5,8 +5,9 @@ baseline: the per-seed paired differences (same seed = same split, batches and b
 mean and 95% CI, win/tie/loss, and a paired test. With fewer than ``WILCOXON_MIN`` pairs the test is
 the paired t-test: Wilcoxon's exact signed-rank test cannot reach p < 0.05 with 5 pairs or fewer
 (its smallest two-sided p is 2 / 2^n), so it would say nothing. With more pairs it is Wilcoxon,
-which does not assume normal differences. p-values are per comparison, not corrected for multiple
-comparisons; the report says so.
+which does not assume normal differences. ``holm`` corrects a family of such p-values (the report's
+family: the distinct pairs tested in one (data set, model) table); ``effect_dz`` gives the size of
+the difference, which a p-value over 3-5 seeds cannot.
 
 When every pair differs by the same non-zero amount (for example one test series in each of three
 seeds), the differences have no spread: the t statistic is mean / 0 and scipy returns p = 0, which
@@ -15,7 +16,10 @@ and says why (``p_undefined``). Wilcoxon's signed-rank test stays defined (it us
 and ranks), and when every difference is zero both tests give p = 1.
 
 Across data sets: the mean rank of each variant (rank 1 = best mean accuracy, ties averaged), the
-Friedman test, and the Nemenyi critical difference of Demsar 2006.
+Friedman test, and the critical difference of aeon's diagram (``plot_critical_difference``,
+Wilcoxon-Holm): one-sided Wilcoxon signed-rank tests between variants over data sets and the cliques
+they leave. The numbers are computed here with scipy by aeon's rule, so the report has them without
+aeon; the drawing (plots.py) needs aeon.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ UNDEFINED_EQUAL = "all pairs differ by the same amount: the t-test is undefined 
 # Differences this close (relative to their size) count as equal: a - b over seeds can differ by
 # float rounding even when every seed lost the same test series.
 EQUAL_RTOL = 1e-9
-# Nemenyi two-tailed q at alpha 0.05 for k = 2..10 (Demsar 2006, table 5a).
-NEMENYI_Q05 = {2: 1.960, 3: 2.343, 4: 2.569, 5: 2.728, 6: 2.850, 7: 2.949, 8: 3.031, 9: 3.102, 10: 3.164}
+# The critical difference: alpha of the Friedman test and of the pairwise tests (aeon divides it by
+# k - 1), and the least data sets and variants. aeon's diagram starts with a Friedman test, which
+# needs 3 variants; with 2 data sets a one-sided Wilcoxon cannot go below p = 1/4.
+CD_ALPHA = 0.05
+CD_MIN_DATASETS = 3
+CD_MIN_VARIANTS = 3
 
 
 def describe(values: Sequence[float]) -> dict[str, Any]:
@@ -64,7 +72,7 @@ def paired(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, A
     if len(seeds) < 2:
         return None
     diff = np.array([variant[s] - baseline[s] for s in seeds], dtype=np.float64)
-    summary = describe(diff.tolist())
+    effect = effect_dz(diff.tolist())
     wins, ties = int((diff > 0).sum()), int((diff == 0).sum())
     undefined = None
     p: float | None
@@ -81,8 +89,9 @@ def paired(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, A
     result: dict[str, Any] = {
         "seeds": seeds,
         "diff": diff.tolist(),
-        "mean_diff": summary["mean"],
-        "ci95": summary["ci95"],
+        "mean_diff": effect["mean"],
+        "ci95": effect["ci95"],
+        "d_z": effect["d_z"],
         "test": test,
         "p": p,
         "win": wins,
@@ -97,8 +106,9 @@ def paired(variant: dict[int, float], baseline: dict[int, float]) -> dict[str, A
 def ranks(table: dict[str, dict[str, float]]) -> dict[str, Any] | None:
     """Mean ranks over data sets of {dataset: {variant: mean acc}}; only variants present everywhere count.
 
-    Returns None for fewer than 2 data sets or 2 variants. The Nemenyi CD says how far apart two mean
-    ranks must be to differ at alpha 0.05; with few data sets it is large, which is the honest answer.
+    Returns None for fewer than 2 data sets or 2 variants. ``cd`` is the critical difference
+    (``critical_difference``) from ``CD_MIN_DATASETS`` data sets and ``CD_MIN_VARIANTS`` variants,
+    else None with the reason in ``cd_skipped``; ``scores`` keeps the table for the diagram.
     """
     from scipy import stats
 
@@ -118,14 +128,76 @@ def ranks(table: dict[str, dict[str, float]]) -> dict[str, Any] | None:
             friedman_p = float(stats.friedmanchisquare(*matrix.T).pvalue)
         if math.isnan(friedman_p):  # every data set ranked the variants identically tied
             friedman_p = 1.0
-    q = NEMENYI_Q05.get(k)
-    cd = None if q is None else float(q * math.sqrt(k * (k + 1) / (6 * n)))
-    return {
+    result: dict[str, Any] = {
         "datasets": datasets,
+        "variants": variants,
+        "scores": matrix.tolist(),
         "mean_rank": {v: float(r) for v, r in zip(variants, mean_rank, strict=True)},
         "friedman_p": friedman_p,
-        "nemenyi_cd": cd,
+        "cd": None,
     }
+    if n < CD_MIN_DATASETS or k < CD_MIN_VARIANTS or friedman_p is None:
+        result["cd_skipped"] = (
+            f"a critical-difference diagram needs at least {CD_MIN_DATASETS} data sets and {CD_MIN_VARIANTS} "
+            f"variants run on all of them; here {n} and {k}"
+        )
+    else:
+        result["cd"] = critical_difference(matrix, variants, friedman_p)
+    return result
+
+
+def critical_difference(
+    scores: np.ndarray, variants: list[str], friedman_p: float, alpha: float = CD_ALPHA
+) -> dict[str, Any]:
+    """aeon's Wilcoxon-Holm critical difference of a (data sets x variants) accuracy table.
+
+    As ``aeon.visualisation.plot_critical_difference`` (1.6) decides it: variants ordered by mean
+    rank; for each pair, the one-sided Wilcoxon signed-rank test over data sets that the better-ranked
+    is more accurate (p = 1 when the two are equal everywhere). If the Friedman p is below ``alpha``,
+    a pair differs when p <= alpha / (k - 1), else none does; a clique is a run of variants in rank
+    order with no difference inside, those within a larger one dropped. ``p_holm`` is Holm over the
+    k (k - 1) / 2 pairs, for reading the table; the cliques follow aeon's rule, not ``p_holm``.
+    """
+    from scipy import stats
+
+    mean_rank = np.vstack([stats.rankdata(-row) for row in scores]).mean(axis=0)
+    order = np.argsort(mean_rank)  # as aeon sorts them
+    k = len(order)
+    p = np.triu(np.ones((k, k)))  # 1 (no difference) on and above the diagonal until tested
+    for i in range(k - 1):
+        for j in range(i + 1, k):
+            a, b = scores[:, order[i]], scores[:, order[j]]
+            if not np.all(a == b):
+                p[i, j] = float(stats.wilcoxon(a, b, zero_method="wilcox", alternative="greater").pvalue)
+    upper = [(i, j) for i in range(k - 1) for j in range(i + 1, k)]
+    adjusted = holm([float(p[i, j]) for i, j in upper])
+    names = [variants[o] for o in order]
+    same = np.triu(np.ones((k, k), dtype=bool)) if friedman_p >= alpha else p > alpha / (k - 1)
+    return {
+        "alpha": alpha,
+        "order": names,
+        "pairs": [
+            {"better": names[i], "worse": names[j], "p": float(p[i, j]), "p_holm": h}
+            for (i, j), h in zip(upper, adjusted, strict=True)
+        ],
+        "cliques": [[names[i] for i in np.flatnonzero(row)] for row in cliques(same)],
+    }
+
+
+def cliques(same: np.ndarray) -> list[np.ndarray]:
+    """aeon's cliques from an upper-triangular "not different" matrix in rank order (diagonal True).
+
+    A difference between i and j also separates i from every variant ranked below j; rows of one
+    member and rows inside an earlier row are dropped.
+    """
+    same = np.array(same, dtype=bool)
+    for i in range(len(same)):
+        for j in range(i + 1, len(same)):
+            if not same[i, j]:
+                same[i, j + 1 :] = False
+                break
+    rows = [row for row in same if row.sum() > 1]
+    return [r for i, r in enumerate(rows) if not any(np.all(rows[j][r]) for j in range(i))]
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
