@@ -189,6 +189,16 @@ def test_inspect_runs_diagnostics_on_a_data_file(tmp_path: Path, capsys: pytest.
     assert "mean w_avg per class: 0:" in out
 
 
+def test_inspect_runs_a_time_series_checkpoint_on_ucr_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("aeon")
+    from cafusion.models.timeseries import FCN
+
+    path = save_model(FCN(1, 2, "caft"), tmp_path / "fcn.safetensors")  # records no "dims": it takes (N, C, L)
+    code, out, err = run_in_process(capsys, "inspect", str(path), "--data", "ucr:ItalyPowerDemand")
+    assert code == 0, err
+    assert "diagnostics on ucr:ItalyPowerDemand (67 samples" in out
+
+
 def test_inspect_names_a_collapsed_router(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = SmallCNN(2, 3, widths=(4, 8))
     router = model.stages[1][3].fusion_router

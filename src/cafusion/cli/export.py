@@ -72,12 +72,11 @@ def check_out(path: str, backend: str) -> Path:
 def calibration_samples(spec: str, name: str, config: dict[str, Any], limit: int) -> tuple[Any, str]:
     """(x, description): up to ``limit`` samples of ``spec`` in a fixed random order, checked against the model.
 
-    ``name``/``config``: the model's class name and constructor arguments (FCN and ResNet take 1D
-    signals and record no ``dims``).
+    ``name``/``config``: the model's class name and constructor arguments.
     """
     import torch
 
-    from cafusion.cli.inspect import _check_fits
+    from cafusion.cli.inspect import check_fits
 
     if spec == "digits":
         try:
@@ -97,7 +96,7 @@ def calibration_samples(spec: str, name: str, config: dict[str, Any], limit: int
                 code=2,
             )
         x, source = data.x, spec
-    _check_fits(x, {"dims": 1, **config} if name in ("FCN", "ResNet") else config, f"--calibration {source}")
+    check_fits(x, name, config, f"--calibration {source}")
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:limit]
     return x[order], f"{len(order)} samples of {source}"
 

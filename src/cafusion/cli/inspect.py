@@ -100,8 +100,13 @@ def _load_data(spec: str, config: dict[str, Any]) -> tuple[Any, Any, str, tuple[
     return data.x, data.y, spec, data.classes
 
 
-def _check_fits(x: Any, config: dict[str, Any], source: str) -> None:
-    dims, channels = config.get("dims"), config.get("in_channels")
+# The time-series networks take (N, C, L) signals, so their checkpoints record no "dims".
+ONE_D_MODELS = ("FCN", "ResNet", "InceptionTime")
+
+
+def check_fits(x: Any, name: str, config: dict[str, Any], source: str) -> None:
+    """``x`` has the channels and the number of spatial dims the model ``name(**config)`` takes."""
+    dims, channels = config.get("dims", 1 if name in ONE_D_MODELS else None), config.get("in_channels")
     if x.dim() - 2 != dims or x.shape[1] != channels:
         raise CLIError(
             f"{source} has samples of shape {tuple(x.shape[1:])} but the model expects "
@@ -161,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         return 0
     x, y, source, classes = _load_data(args.data, kwargs)
-    _check_fits(x, kwargs, source)
+    check_fits(x, name, kwargs, source)
     model.eval()
     correct = 0
     with FusionMonitor(model) as mon, torch.no_grad():
