@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cafusion.training.data import DataError, load_dataset, split_dataset
+from cafusion.training.data import load_dataset, split_dataset
+from cafusion.training.dataset import DataError
 
 
 def write_images(root: Path, classes: int = 3, per_class: int = 4, size: int = 8, mode: str = "RGB") -> Path:

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("aeon")
 
 from cafusion.cli.main import main
-from cafusion.training.data import DataError
+from cafusion.training.dataset import DataError
 from cafusion.training.ucr import _data_dir, load_ucr
 
 

@@ -15,7 +15,8 @@ import torch
 
 from cafusion.cli.main import main
 from cafusion.models.timeseries import FCN
-from cafusion.training.data import DataError, load_dataset, split_dataset
+from cafusion.training.data import load_dataset, split_dataset
+from cafusion.training.dataset import DataError
 
 LENGTHS = [5, 9, 3, 7, 9, 4, 6, 8]
 

@@ -37,7 +37,7 @@ every N-th run, for other schedulers. Each run writes <out>/runs/<id>.json. Runn
 finished runs (resume) and rebuilds the report from all of them; --report-only only rebuilds it
 (this merges shards and job arrays).
 
-out: runs/*.json (one per run), report.json, report.md, runs.csv, <dataset>__<model>.png.
+out: runs/*.json (one per run), report.json, report.md, runs.csv, <dataset>__<model>.png, cd_<model>.png.
 """
 
 

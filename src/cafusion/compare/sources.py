@@ -12,7 +12,8 @@ from functools import lru_cache
 
 from torch import Tensor
 
-from cafusion.training.data import DataError, Dataset, load_dataset, split_dataset
+from cafusion.training.data import load_dataset, split_dataset
+from cafusion.training.dataset import DataError, Dataset
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
 draws matplotlib figures (both import their optional dependencies only when called).
 """
 
-from cafusion.diagnostics.monitor import BlockStats, FusionMonitor
+from cafusion.diagnostics.monitor import FusionMonitor
+from cafusion.diagnostics.stats import BlockStats
 from cafusion.diagnostics.table import format_table
 
 __all__ = ["BlockStats", "FusionMonitor", "format_table"]

@@ -11,9 +11,12 @@ import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cafusion.diagnostics.monitor import BlockStats, FusionMonitor
+from cafusion.diagnostics.stats import BlockStats
+
+if TYPE_CHECKING:  # the monitor calls these writers; they only read it
+    from cafusion.diagnostics.monitor import FusionMonitor
 
 CSV_COLUMNS = (
     "step",
@@ -49,7 +52,7 @@ def to_json(monitor: FusionMonitor, path: str | Path) -> Path:
 
 def to_csv(stats: Sequence[BlockStats] | FusionMonitor, path: str | Path) -> Path:
     """One row per block and step; a monitor writes its history (or its summary if no step was closed)."""
-    if isinstance(stats, FusionMonitor):
+    if not isinstance(stats, Sequence):  # a FusionMonitor
         stats = stats.history or stats.summary()
     out = Path(path)
     with out.open("w", newline="", encoding="utf-8") as f:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cafusion.diagnostics.monitor import BlockStats
+from cafusion.diagnostics.stats import BlockStats
 
 
 def _figure(n_panels: int, width: float = 4.0, height: float = 3.0) -> tuple[Any, list[Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cafusion.diagnostics.monitor import BlockStats
+from cafusion.diagnostics.stats import BlockStats
 
 HEADERS = ("block", "samples", "w_avg mean", "w_avg std", "prefer max", "gate<low", "gate>high", "T")
 

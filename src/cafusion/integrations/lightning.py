@@ -20,7 +20,8 @@ import lightning.pytorch as pl
 from torch import Tensor, nn
 
 from cafusion.diagnostics.export import to_csv, to_dict
-from cafusion.diagnostics.monitor import BlockStats, FusionMonitor
+from cafusion.diagnostics.monitor import FusionMonitor
+from cafusion.diagnostics.stats import BlockStats
 
 LabelsFn = Callable[[Any], Tensor | None]
 _LABEL_KEYS = ("y", "label", "labels", "target")

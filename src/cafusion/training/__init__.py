@@ -6,7 +6,8 @@ thing from Python.
 
 from cafusion.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from cafusion.training.config import TrainConfig
-from cafusion.training.data import DataError, Dataset, load_dataset, split_dataset
+from cafusion.training.data import load_dataset, split_dataset
+from cafusion.training.dataset import DataError, Dataset
 from cafusion.training.models import ModelError, ModelSpec, build_model
 from cafusion.training.trainer import TrainInterrupted, TrainResult, train
 

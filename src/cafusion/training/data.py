@@ -11,61 +11,17 @@ batch is cut to its own longest series (``batch``) and the model gets the length
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from cafusion.training.dataset import DataError, Dataset
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 TENSOR_SUFFIXES = (".npz", ".pt")
 _GRAY_MODES = ("1", "L", "I", "I;16", "F")
-
-
-class DataError(ValueError):
-    """A data path or file that cannot be used; the message names the path and the problem."""
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Samples ``x`` (N, C, *spatial) float32 and labels ``y`` (N,) int64 in 0..num_classes-1.
-
-    ``lengths`` (N,) int64, for series of unequal lengths: x is zero-padded at the end to the longest.
-    """
-
-    x: Tensor
-    y: Tensor
-    classes: tuple[str, ...]
-    lengths: Tensor | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.x.shape[1])
-
-    @property
-    def spatial_dims(self) -> int:
-        return self.x.dim() - 2
-
-    def __len__(self) -> int:
-        return int(self.x.shape[0])
-
-    def subset(self, index: Tensor) -> Dataset:
-        return Dataset(
-            self.x[index], self.y[index], self.classes, None if self.lengths is None else self.lengths[index]
-        )
-
-    def batch(self, index: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(x, y, lengths) of the samples ``index``; padded series are cut to the batch's longest."""
-        if self.lengths is None:
-            return self.x[index], self.y[index], None
-        lengths = self.lengths[index]
-        longest = int(lengths.max()) if lengths.numel() else self.x.shape[-1]
-        return self.x[index, ..., :longest], self.y[index], lengths
 
 
 def load_dataset(path: str | Path) -> Dataset:

@@ -48,7 +48,8 @@ from cafusion.training.checkpoint import (
     save_checkpoint,
 )
 from cafusion.training.config import TrainConfig, check_resume_compatible
-from cafusion.training.data import DataError, Dataset, load_dataset, split_dataset
+from cafusion.training.data import load_dataset, split_dataset
+from cafusion.training.dataset import DataError, Dataset
 from cafusion.training.distributed import DistContext
 from cafusion.training.models import ModelSpec, build_model
 

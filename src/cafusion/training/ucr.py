@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cafusion.training.data import DataError, Dataset
+from cafusion.training.dataset import DataError, Dataset
 
 PREFIX = "ucr:"
 ARCHIVE_ENV = "CAFUSION_UCR_ARCHIVE"
