@@ -1,7 +1,7 @@
 """Static int8 on the CPU, both paths: accuracy, size and latency against the float model.
 
 Two trained models with a ChannelAttentionFusionT block after every conv stage: the demo's digits
-SmallCNN (the demo's recipe, ``cafusion.cli.demo.train_one``) and FCN on the bundled UCR set
+SmallCNN (the demo's recipe, ``cafusion.training.demo.train_one``) and FCN on the bundled UCR set
 ItalyPowerDemand. Each is quantized through PT2E and through ONNX Runtime, calibrated on its
 training split, and compared with the float model on the test split:
 
@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cafusion.cli.demo import deterministic, load_digits, load_kernels, train_one
+from cafusion.cli.demo import load_kernels
 from cafusion.integrations.quantize import batch_dim, export_onnx, int8_ops, load_pt2e, quantize_int8, save_pt2e
 from cafusion.models import FCN
+from cafusion.training.demo import deterministic, load_digits, train_one
 from cafusion.training.ucr import load_ucr
 
 

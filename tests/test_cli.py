@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cafusion.cli.demo import VARIANTS
 from cafusion.cli.main import main
 from cafusion.models import SmallCNN
 from cafusion.models.checkpoint import save_model, sidecar_path
+from cafusion.training.demo import VARIANTS
 from tests.test_diagnostics_export import assert_png
 
 # The smallest demo that still exercises everything: 1 seed, 1 epoch, 300 training digits.

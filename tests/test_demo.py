@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from cafusion.cli.demo import load_digits, mean_std
 from cafusion.cli.demo_report import answers, comparison_rows
 from cafusion.diagnostics import BlockStats, FusionMonitor
 from cafusion.diagnostics.plots import training_curves_figure
 from cafusion.models import SmallCNN
+from cafusion.training.demo import load_digits, mean_std
 
 
 def _stats(prefer_max: float | None, low: float = 0.0, high: float = 0.0, t: float = 1.0) -> BlockStats:

@@ -23,10 +23,10 @@ for _extra in ("torchao", "onnxruntime", "aeon", "sklearn"):
 import onnxruntime as ort  # noqa: E402
 
 import cafusion.cli.main as cli_main  # noqa: E402
-from cafusion.cli.demo import deterministic, load_digits, train_one  # noqa: E402
 from cafusion.integrations.quantize import int8_ops, load_pt2e, quantize_int8  # noqa: E402
 from cafusion.models import FCN, SmallCNN  # noqa: E402
 from cafusion.models.checkpoint import save_model  # noqa: E402
+from cafusion.training.demo import deterministic, load_digits, train_one  # noqa: E402
 from cafusion.training.ucr import load_ucr  # noqa: E402
 
 Trained = tuple[nn.Module, Tensor, Tensor, Tensor]  # model, calibration (train split), test x, test y

@@ -144,8 +144,8 @@ def _norm(args: argparse.Namespace) -> str:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The validated CompareConfig of the parsed options (one-line ValueError/TypeError otherwise)."""
-    from cafusion.cli.train import parse_options
     from cafusion.compare.config import CompareConfig, default_budgets, parse_variant
+    from cafusion.training.config import parse_options
 
     common = parse_options(args.attn_opt)
     names = [n.strip() for n in args.attention.split(",") if n.strip()]

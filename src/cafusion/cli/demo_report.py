@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cafusion.cli.demo import DIAGNOSED, MONITORED, VARIANTS, Digits, RunResult, mean_std
 from cafusion.diagnostics import BlockStats, FusionMonitor, format_table
 from cafusion.diagnostics.export import to_dict
+from cafusion.training.demo import DIAGNOSED, MONITORED, VARIANTS, Digits, RunResult, mean_std
 
 PLOTS = {
     "accuracy": "accuracy.png",

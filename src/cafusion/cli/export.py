@@ -80,7 +80,7 @@ def calibration_samples(spec: str, name: str, config: dict[str, Any], limit: int
 
     if spec == "digits":
         try:
-            from cafusion.cli.demo import load_digits
+            from cafusion.training.demo import load_digits
 
             x = load_digits().x_train
         except ImportError:

@@ -88,7 +88,7 @@ def _load_data(spec: str, config: dict[str, Any]) -> tuple[Any, Any, str, tuple[
     """(x, y, description, class names): an image folder's classes are its sub-folder names."""
     if spec == "digits":
         try:
-            from cafusion.cli.demo import load_digits
+            from cafusion.training.demo import load_digits
 
             d = load_digits()
         except ImportError:

@@ -101,30 +101,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``["reduction=8", "fusion=sum"]`` -> ``{"reduction": 8, "fusion": "sum"}`` (bools, ints, floats)."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--attn-opt must be KEY=VALUE, got {pair!r}")
-        options[key.strip()] = _literal(raw.strip())
-    return options
-
-
-def _literal(raw: str) -> Any:
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    if raw.lower() in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
-
-
 def _widths(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(w) for w in text.split(","))
@@ -133,7 +109,7 @@ def _widths(text: str) -> tuple[int, ...]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cafusion.training.config import TrainConfig
+    from cafusion.training.config import TrainConfig, parse_options
     from cafusion.training.trainer import ReplicasDiffer, TrainInterrupted, train
 
     config = TrainConfig(

@@ -34,7 +34,7 @@ class Variant:
 
 def parse_variant(text: str, common: dict[str, Any] | None = None) -> Variant:
     """``NAME`` or ``LABEL=NAME:KEY=VALUE,KEY=VALUE``; ``common`` (``--attn-opt``) applies to every block."""
-    from cafusion.cli.train import parse_options
+    from cafusion.training.config import parse_options
 
     label, sep, rest = text.partition("=")
     if not sep:

@@ -57,7 +57,7 @@ def _load_fixed(source: str, norm: str = "auto") -> Split:
         data = load_ucr(source[4:], norm=norm)
         return Split(data.train, data.test, data.describe(), data.lengths_train, data.lengths_test, norm=data.norm)
     try:
-        from cafusion.cli.demo import load_digits
+        from cafusion.training.demo import load_digits
     except ImportError as exc:  # pragma: no cover - scikit-learn is in the dev environment
         raise DataError(f"--data digits needs scikit-learn: pip install 'cafusion[demo]' ({exc})") from None
     d = load_digits()

@@ -1,30 +1,60 @@
 """Training on a user's own data: loading, models, checkpoints, torchrun DDP and the loop.
 
 The command-line entry is ``cafusion train`` (``cafusion.cli.train``); :func:`train` is the same
-thing from Python.
+thing from Python. The names load on first use, so importing a light submodule (``training.demo``'s
+variant table, for ``cafusion demo --help``) does not import torch.
 """
 
-from cafusion.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from cafusion.training.config import TrainConfig
-from cafusion.training.data import load_dataset, split_dataset
-from cafusion.training.dataset import DataError, Dataset
-from cafusion.training.models import ModelError, ModelSpec, build_model
-from cafusion.training.trainer import TrainInterrupted, TrainResult, train
+from __future__ import annotations
 
-__all__ = [
-    "Checkpoint",
-    "CheckpointError",
-    "DataError",
-    "Dataset",
-    "ModelError",
-    "ModelSpec",
-    "TrainConfig",
-    "TrainInterrupted",
-    "TrainResult",
-    "build_model",
-    "load_checkpoint",
-    "load_dataset",
-    "save_checkpoint",
-    "split_dataset",
-    "train",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {
+    "Checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "TrainConfig": "config",
+    "load_dataset": "data",
+    "split_dataset": "data",
+    "DataError": "dataset",
+    "Dataset": "dataset",
+    "ModelError": "models",
+    "ModelSpec": "models",
+    "build_model": "models",
+    "TrainInterrupted": "trainer",
+    "TrainResult": "trainer",
+    "train": "trainer",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:
+    from cafusion.training.checkpoint import Checkpoint as Checkpoint
+    from cafusion.training.checkpoint import CheckpointError as CheckpointError
+    from cafusion.training.checkpoint import load_checkpoint as load_checkpoint
+    from cafusion.training.checkpoint import save_checkpoint as save_checkpoint
+    from cafusion.training.config import TrainConfig as TrainConfig
+    from cafusion.training.data import load_dataset as load_dataset
+    from cafusion.training.data import split_dataset as split_dataset
+    from cafusion.training.dataset import DataError as DataError
+    from cafusion.training.dataset import Dataset as Dataset
+    from cafusion.training.models import ModelError as ModelError
+    from cafusion.training.models import ModelSpec as ModelSpec
+    from cafusion.training.models import build_model as build_model
+    from cafusion.training.trainer import TrainInterrupted as TrainInterrupted
+    from cafusion.training.trainer import TrainResult as TrainResult
+    from cafusion.training.trainer import train as train
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"cafusion.training.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cafusion.training' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

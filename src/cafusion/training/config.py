@@ -160,3 +160,27 @@ def _non_negative(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """``["reduction=8", "fusion=sum"]`` -> ``{"reduction": 8, "fusion": "sum"}`` (bools, ints, floats)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--attn-opt must be KEY=VALUE, got {pair!r}")
+        options[key.strip()] = _literal(raw.strip())
+    return options
+
+
+def _literal(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    if raw.lower() in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
