@@ -26,8 +26,9 @@ pairing: for each seed every variant gets the same split, the same batch order a
 weights for every layer it shares with the 'none' model.
 
 recipe (Fawaz et al. 2019): Adam, ReduceLROnPlateau on the training loss (--factor, --patience,
---min-lr), batch min(N/10, 16) for fcn and min(N/10, 64) for resnet unless --batch-size is given;
-the model with the lowest training loss is tested. The paper trains 2000 (fcn) / 1500 (resnet) epochs.
+--min-lr), batch min(N/10, 16) for fcn, min(N/10, 64) for resnet and min(N, 64) for inception
+(InceptionTime, Ismail Fawaz et al. 2020) unless --batch-size is given; the model with the lowest
+training loss is tested. The papers train 2000 (fcn) / 1500 (resnet, inception) epochs.
 
 scale out: --jobs N runs N runs at once on this machine (cores split between them); --devices
 cuda:0,cuda:1 runs one run per GPU at once; --executor slurm submits the pending runs as one Slurm
@@ -56,7 +57,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder with the UCR 2018 (.tsv) or UEA (.ts) archive for ucr:NAME sets aeon does not bundle",
     )
-    p.add_argument("--model", default="fcn", metavar="NAME", help="fcn, resnet, small_cnn, timm:/torchvision:<name>")
+    p.add_argument(
+        "--model", default="fcn", metavar="NAME", help="fcn, resnet, inception, small_cnn, timm:/torchvision:<name>"
+    )
     p.add_argument(
         "--attention",
         default="none,se,eca,cbam,caft,caft_sum",
@@ -304,7 +307,9 @@ def _check_model_and_data(config: Any) -> None:
                 )
             )
         if config.lengths and split.lengths_train is not None and not takes_lengths(model):
-            raise ValueError(f"--lengths: model {config.model!r} takes no lengths; use fcn, resnet or small_cnn")
+            raise ValueError(
+                f"--lengths: model {config.model!r} takes no lengths; use fcn, resnet, inception or small_cnn"
+            )
 
 
 def _print_now(line: str) -> None:

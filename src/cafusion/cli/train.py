@@ -43,7 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--model",
         default="small_cnn",
         metavar="NAME",
-        help="small_cnn (1D/2D/3D input), fcn or resnet (1D signals), timm:<name> or torchvision:<name> "
+        help="small_cnn (1D/2D/3D input), fcn, resnet or inception (1D signals), timm:<name> or torchvision:<name> "
         "(images, random init); "
         "default: %(default)s",
     )

@@ -97,7 +97,7 @@ def shard(runs: list[RunSpec], k: int, n: int) -> list[RunSpec]:
 
 
 def batch_size_for(config: CompareConfig, train_samples: int) -> int:
-    """``--batch-size``, or the recipe's ``int(min(N / 10, cap))`` (at least 1) for fcn/resnet, else 32."""
+    """``--batch-size``, or the recipe's batch for the model (``models/recipe.py``: fcn, resnet, inception; else 32)."""
     if config.batch_size is not None:
         return config.batch_size
     return recipe.recipe_batch_size(config.model, train_samples)

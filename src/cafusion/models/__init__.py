@@ -1,6 +1,6 @@
 """Small reference models used by the demo, the trainer and the tests."""
 
 from cafusion.models.small_cnn import SmallCNN
-from cafusion.models.timeseries import FCN, ResNet
+from cafusion.models.timeseries import FCN, InceptionTime, ResNet
 
-__all__ = ["FCN", "ResNet", "SmallCNN"]
+__all__ = ["FCN", "InceptionTime", "ResNet", "SmallCNN"]
