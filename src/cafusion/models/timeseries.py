@@ -35,14 +35,16 @@ def _attention(name: str, channels: int, kwargs: Mapping[str, Any]) -> nn.Module
     return create_attention(name, channels, **dict(kwargs))
 
 
-def _check_args(in_channels: int, num_classes: int, attention: str, attention_kwargs: Any) -> dict[str, Any]:
+def _config(in_channels: int, num_classes: int, attention: str, attention_kwargs: Any) -> dict[str, Any]:
+    """The checked constructor arguments, as each model keeps them in ``config`` (checkpoints rebuild from it)."""
     check.positive_int("in_channels", in_channels)
     check.positive_int("num_classes", num_classes)
     if not isinstance(attention, str):
         raise TypeError(f"attention must be a registry name (str), got {attention!r}")
     if attention_kwargs is not None and not isinstance(attention_kwargs, Mapping):
         raise TypeError(f"attention_kwargs must be a mapping or None, got {type(attention_kwargs).__name__}")
-    return dict(attention_kwargs or {})
+    kwargs = dict(attention_kwargs or {})
+    return {"in_channels": in_channels, "num_classes": num_classes, "attention": attention, "attention_kwargs": kwargs}
 
 
 class SameConv1d(nn.Conv1d):
@@ -123,13 +125,8 @@ class FCN(nn.Module):
         attention_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        kwargs = _check_args(in_channels, num_classes, attention, attention_kwargs)
-        self.config: dict[str, Any] = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "attention": attention,
-            "attention_kwargs": kwargs,
-        }
+        self.config = _config(in_channels, num_classes, attention, attention_kwargs)
+        kwargs = self.config["attention_kwargs"]
         blocks: list[nn.Module] = []
         prev = in_channels
         for width, kernel in zip(self.FILTERS, self.KERNELS, strict=True):
@@ -184,13 +181,8 @@ class ResNet(nn.Module):
         attention_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        kwargs = _check_args(in_channels, num_classes, attention, attention_kwargs)
-        self.config: dict[str, Any] = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "attention": attention,
-            "attention_kwargs": kwargs,
-        }
+        self.config = _config(in_channels, num_classes, attention, attention_kwargs)
+        kwargs = self.config["attention_kwargs"]
         blocks: list[nn.Module] = []
         prev = in_channels
         for width in self.FILTERS:
@@ -290,13 +282,8 @@ class InceptionTime(nn.Module):
         attention_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        kwargs = _check_args(in_channels, num_classes, attention, attention_kwargs)
-        self.config: dict[str, Any] = {
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "attention": attention,
-            "attention_kwargs": kwargs,
-        }
+        self.config = _config(in_channels, num_classes, attention, attention_kwargs)
+        kwargs = self.config["attention_kwargs"]
         width = self.FILTERS * (len(self.KERNELS) + 1)
         blocks: list[nn.Module] = []
         prev = in_channels
