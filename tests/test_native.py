@@ -340,7 +340,7 @@ STEP = """
 import sys, torch
 from cafusion import ChannelAttentionFusionT
 torch.manual_seed(0)
-block = ChannelAttentionFusionT(16, reduction=4, return_fusion_weights=True, dtype=torch.float64)
+block = ChannelAttentionFusionT(16, reduction=4, return_fusion_weights=True, dtype=torch.float64, impl="fast")
 x = torch.randn(3, 16, 5, 5, dtype=torch.float64, requires_grad=True)
 y, ca, w = block(x)
 gen = torch.Generator().manual_seed(3)
@@ -421,18 +421,21 @@ with warnings.catch_warnings(record=True) as caught:
     for _ in range(2):
         y, _ = block(x)
         y.sum().backward()
+    fast, _ = ChannelAttentionFusionT(8, reduction=2, impl="fast")(x)
 failed = [w for w in caught if issubclass(w.category, RuntimeWarning) and "could not be built" in str(w.message)]
-print(len(failed), failed[0].filename, list(y.shape), x.grad is not None, y.grad_fn.name())
+print(len(failed), failed[0].filename, list(y.shape), x.grad is not None, y.grad_fn.name(), fast.grad_fn.name())
 """
 
 
 def test_a_failed_build_warns_once_and_the_fast_path_still_runs(tmp_path: Path) -> None:
-    """A compiler that fails: one warning, pointing at the user's line, and the op runs on the PyTorch
-    backend (with the Python autograd formula), forward and backward."""
+    """A compiler that fails: one warning, pointing at the user's line; the default path then runs the
+    composite (faster there than the op's PyTorch backend), and impl="fast" the op on the PyTorch backend
+    with the Python autograd formula, forward and backward."""
     out = run_python(FAILED_BUILD, CAFUSION_NATIVE_DIR=str(tmp_path), CXX="false")
-    count, filename, shape, has_grad, node = out.splitlines()[-1].replace(", ", ",").split(" ")
+    count, filename, shape, has_grad, node, fast_node = out.splitlines()[-1].replace(", ", ",").split(" ")
     assert (count, filename, has_grad) == ("1", "<string>", "True"), out
-    assert shape == "[2,8,3,3]" and node.startswith("GeneratedBackwardFor_cafusion"), out
+    assert shape == "[2,8,3,3]" and node == "MulBackward0", out  # y = x * ca of the composite
+    assert fast_node.startswith("GeneratedBackwardFor_cafusion"), out
 
 
 def test_the_warning_names_the_compiler_error_not_the_build_log(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,8 @@ run), "auto" the op wherever it applies. The op applies unless something needs t
 torch ops: TorchScript and its tracer, ONNX export (no translation for a custom op), functorch
 transforms (vmap/grad have no rule for it), or torch.export with impl="auto" (an exported program of
 plain ATen ops runs anywhere, one holding the op needs cafusion at run time). Autocast runs the op.
+On the CPU without the C++ kernels (no compiler, or ``CAFUSION_NATIVE=0``) "auto" takes the composite:
+there the op would run its PyTorch backend, which measured slower than the composite.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from cafusion import masking
 from cafusion._dtypes import FLOAT_DTYPES, compute_dtype
 from cafusion.functional import composite
 from cafusion.kernels import op
+from cafusion.kernels.backends import native
 
 IMPLS = ("auto", "fast", "reference")
 
@@ -56,6 +59,10 @@ def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float
     # is_cpu is a flag; .device builds an object (~0.4 µs each, ten of them per call at small maps)
     if any(not t.is_cpu for t in tensors) if x.is_cpu else any(t.device != x.device for t in tensors):
         return "the weights, temperature and x are on different devices"
+    if impl == "auto" and x.is_cpu and not torch.compiler.is_compiling() and native.library() is None:
+        # Measured: without the C++ kernels the op's PyTorch backend was slower than the composite in 9
+        # of 12 rows of `CAFUSION_NATIVE=0 cafusion bench --quick --sweep 1d,2d,3d` (0.67-0.98x).
+        return "the C++ CPU kernels are not available (no compiler, or CAFUSION_NATIVE=0)"
     return None
 
 
