@@ -76,26 +76,15 @@ def calibration_samples(spec: str, name: str, config: dict[str, Any], limit: int
     """
     import torch
 
-    from cafusion.cli.inspect import check_fits
+    from cafusion.cli.inspect import check_fits, load_data
 
-    if spec == "digits":
-        try:
-            from cafusion.training.demo import load_digits
-
-            x = load_digits().x_train
-        except ImportError:
-            raise CLIError("--calibration digits needs scikit-learn: pip install 'cafusion[demo]'", code=1) from None
-        source = "digits training split"
-    else:
-        from cafusion.training.data import load_dataset
-
-        data = load_dataset(spec)
-        if data.lengths is not None:
-            raise CLIError(
-                f"--calibration {spec!r} holds series of unequal lengths; the int8 model takes fixed-length input",
-                code=2,
-            )
-        x, source = data.x, spec
+    data, source = load_data(spec, "--calibration", digits_split="train")
+    if data.lengths is not None:
+        raise CLIError(
+            f"--calibration {spec!r} holds series of unequal lengths; the int8 model takes fixed-length input",
+            code=2,
+        )
+    x = data.x
     check_fits(x, name, config, f"--calibration {source}")
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:limit]
     return x[order], f"{len(order)} samples of {source}"

@@ -84,20 +84,24 @@ def format_blocks(rows: list[dict[str, Any]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _load_data(spec: str, config: dict[str, Any]) -> tuple[Any, Any, str, tuple[str, ...]]:
-    """(x, y, description, class names): an image folder's classes are its sub-folder names."""
+def load_data(spec: str, flag: str, digits_split: str = "test") -> tuple[Any, str]:
+    """(a training.Dataset, its description) for ``flag``'s value: 'digits' (the demo's ``digits_split``)
+    or a path ``cafusion train`` reads (an image folder's classes are its sub-folder names)."""
+    from cafusion.training.dataset import Dataset
+
     if spec == "digits":
         try:
             from cafusion.training.demo import load_digits
 
             d = load_digits()
         except ImportError:
-            raise CLIError("--data digits needs scikit-learn: pip install 'cafusion[demo]'", code=1) from None
-        return d.x_test, d.y_test, "digits test split", tuple(str(i) for i in range(10))
+            raise CLIError(f"{flag} digits needs scikit-learn: pip install 'cafusion[demo]'", code=1) from None
+        test = digits_split == "test"
+        x, y = (d.x_test, d.y_test) if test else (d.x_train, d.y_train)
+        return Dataset(x, y, tuple(str(i) for i in range(10))), f"digits {'test' if test else 'training'} split"
     from cafusion.training.data import load_dataset
 
-    data = load_dataset(spec)
-    return data.x, data.y, spec, data.classes
+    return load_dataset(spec), spec
 
 
 # The time-series networks take (N, C, L) signals, so their checkpoints record no "dims".
@@ -165,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_blocks(rows))
     if args.data is None:
         return 0
-    x, y, source, classes = _load_data(args.data, kwargs)
+    data, source = load_data(args.data, "--data")
+    x, y, classes = data.x, data.y, data.classes
     check_fits(x, name, kwargs, source)
     model.eval()
     correct = 0
