@@ -30,6 +30,7 @@ from cafusion.compare.plan import RunSpec, batch_size_for
 from cafusion.compare.sources import Split, load_split
 from cafusion.diagnostics import FusionMonitor
 from cafusion.layers import ChannelAttentionFusionT
+from cafusion.models import recipe
 from cafusion.models.recipe import epoch_order
 from cafusion.training.models import ModelSpec, build_model
 
@@ -51,14 +52,13 @@ def _spec(run: RunSpec, split: Split, attention: str, options: dict[str, Any]) -
 
 def build_paired_model(run: RunSpec, split: Split) -> tuple[nn.Module, int]:
     """The variant's model with the seed's shared backbone weights; returns (model, tensors copied)."""
-    torch.manual_seed(run.seed)
-    reference = build_model(_spec(run, split, "none", {})).state_dict()
-    torch.manual_seed(run.seed)
-    model = build_model(_spec(run, split, run.variant.attention, dict(run.variant.options)))
-    own = model.state_dict()
-    shared = {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}
-    model.load_state_dict(shared, strict=False)
-    return model, len(shared)
+
+    def build(attention: str | None) -> nn.Module:
+        if attention is None:
+            return build_model(_spec(run, split, run.variant.attention, dict(run.variant.options)))
+        return build_model(_spec(run, split, attention, {}))
+
+    return recipe.paired_model(build, run.seed)
 
 
 def takes_lengths(model: nn.Module) -> bool:

@@ -108,14 +108,11 @@ class _TorchCore:
     def initial(self, in_channels: int, num_classes: int) -> nn.Module:
         """The untrained model of the seed: the ``none`` model's backbone weights, as ``cafusion compare``."""
         with torch.random.fork_rng(devices=[]):  # the caller's torch RNG is left as it was
-            torch.default_generator.manual_seed(self.params["seed"])
-            reference = self._build(in_channels, num_classes, "none").state_dict()
-            torch.default_generator.manual_seed(self.params["seed"])
-            model = self._build(in_channels, num_classes)
-        own = model.state_dict()
-        model.load_state_dict(
-            {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}, strict=False
-        )
+            model, _ = recipe.paired_model(
+                lambda attention: self._build(in_channels, num_classes, attention),
+                self.params["seed"],
+                reseed=torch.default_generator.manual_seed,  # the CPU generator only: these train on the CPU
+            )
         return model
 
     def fit(self, x: Array, lengths: Array | None, y: Array, k: int) -> None:

@@ -11,8 +11,10 @@ the one kept. They live here, the only copy, so the library can use them without
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 BATCH_CAP = {"fcn": 16, "resnet": 64}
 # InceptionTime's reference code trains with a fixed batch_size=64 (its N/10 rule is only for batch_size=None)
@@ -37,3 +39,22 @@ def recipe_batch_size(model: str, train_samples: int) -> int:
 def epoch_order(seed: int, epoch: int, n: int) -> Tensor:
     """The sample order of one epoch: a function of (seed, epoch) only, so paired runs see the same batches."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def paired_model(
+    build: Callable[[str | None], nn.Module], seed: int, reseed: Callable[[int], object] = torch.manual_seed
+) -> tuple[nn.Module, int]:
+    """The variant's model for ``seed`` with the ``none`` model's backbone weights; returns (model, tensors copied).
+
+    ``build(None)`` builds the variant, ``build("none")`` the same network without attention. Both are
+    built after ``reseed(seed)`` (default: the global torch RNGs, as a run does at its start) and every
+    tensor they share by name and shape is copied, so paired runs of one seed differ only by their blocks.
+    """
+    reseed(seed)
+    reference = build("none").state_dict()
+    reseed(seed)
+    model = build(None)
+    own = model.state_dict()
+    shared = {k: v for k, v in reference.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(shared, strict=False)
+    return model, len(shared)
