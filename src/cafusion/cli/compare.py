@@ -8,7 +8,6 @@ Torch is imported inside ``_run`` so that ``cafusion --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -229,7 +228,7 @@ def _run(args: argparse.Namespace) -> int:
 def _scale_out(args: argparse.Namespace, jobs: int) -> tuple[list[str], Any]:
     """--devices and --executor, checked: (the devices, one per worker; the submitit Cluster or None)."""
     from cafusion import _validation as check
-    from cafusion.compare.execute import Cluster
+    from cafusion.compare.execute import Cluster, require_submitit
 
     devices = [d.strip() for d in (args.devices or "").split(",") if d.strip()]
     bad = [d for d in devices if d != "cpu" and d != "cuda" and not (d.startswith("cuda:") and d[5:].isdigit())]
@@ -245,8 +244,7 @@ def _scale_out(args: argparse.Namespace, jobs: int) -> tuple[list[str], Any]:
         return devices, None
     if devices or jobs != 1:
         raise ValueError("--executor submits one task per run; --jobs and --devices do not apply to it")
-    if importlib.util.find_spec("submitit") is None:
-        raise ImportError("--executor needs submitit: pip install 'cafusion[slurm]'")
+    require_submitit()  # before any work: a missing extra is one line now, not after the data loads
     cpus = args.cpus_per_task if args.cpus_per_task is not None else (args.threads or 1)
     cluster = Cluster(
         executor=args.executor,

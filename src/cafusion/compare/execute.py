@@ -126,9 +126,6 @@ def execute(
             overall.close()
 
 
-EXECUTORS = ("slurm", "local")
-
-
 @dataclasses.dataclass(frozen=True)
 class Cluster:
     """Where and how big each task of a submitit job array is (``--executor`` and its options)."""
@@ -141,6 +138,15 @@ class Cluster:
     parallel: int | None = None  # tasks of the array at once (Slurm's %N); None: the scheduler's choice
 
 
+def require_submitit() -> Any:
+    """The submitit module, or one line naming the extra that installs it."""
+    try:
+        import submitit
+    except ImportError:
+        raise ImportError("--executor needs submitit: pip install 'cafusion[slurm]'") from None
+    return submitit
+
+
 def submit(runs: list[RunSpec], out: Path, cluster: Cluster, *, wait_for: bool = True, printer: Printer = print) -> int:
     """Submit ``runs`` as one submitit job array; with ``wait_for``, wait and print each result.
 
@@ -149,10 +155,7 @@ def submit(runs: list[RunSpec], out: Path, cluster: Cluster, *, wait_for: bool =
     """
     if not runs:
         return 0
-    try:
-        import submitit
-    except ImportError:
-        raise ImportError("--executor needs submitit: pip install 'cafusion[slurm]'") from None
+    submitit = require_submitit()
     executor = submitit.AutoExecutor(folder=out / "submitit", cluster=cluster.executor)
     params: dict[str, Any] = {"name": "cafusion-compare", "timeout_min": cluster.time_min}
     params["cpus_per_task"] = cluster.cpus

@@ -182,14 +182,13 @@ def _read(name: str, archive: str | Path | None) -> tuple[str, str, Split, Split
         train, test = (_aeon(load_classification, bundled, split, root) for split in SPLITS)
         return bundled, "aeon's bundled copy", train, test
     folder = archive if archive is not None else os.environ.get(ARCHIVE_ENV) or None
-    if folder is not None:
-        found = find_in_archive(Path(folder), name)
-        if found is not None:
-            return found[0], f"the archive {str(folder)!r}", _read_file(found[1][0]), _read_file(found[1][1])
     cache = cache_dir()
-    cached = find_in_archive(cache, name)
-    if cached is not None:
-        return cached[0], f"the download cache {str(cache)!r}", _read_file(cached[1][0]), _read_file(cached[1][1])
+    places = [(f"the archive {str(folder)!r}", Path(folder))] if folder is not None else []
+    for where, place in [*places, (f"the download cache {str(cache)!r}", cache)]:
+        found = find_in_archive(place, name)
+        if found is not None:
+            spelling, (train_file, test_file) = found
+            return spelling, where, _read_file(train_file), _read_file(test_file)
     try:
         cache.mkdir(parents=True, exist_ok=True)
         train, test = (_download(load_classification, name, split, str(cache)) for split in SPLITS)
