@@ -71,12 +71,17 @@ def zero_padding(x: Tensor) -> Tensor:
     A series alone sees zeros past its end; in a padded batch it would see the padding (or what the
     previous layers made of it), so a convolution zeroes it first.
     """
+    keep = _real_positions(x)
+    if keep is None:
+        return x
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def _real_positions(x: Tensor) -> Tensor | None:
+    """(B, 1, L) True at the real positions of x under an enclosing ``masking.padding`` block, else None."""
     lengths, mask = masking.current(x)
     valid = masking.valid_mask(x, lengths, mask)
-    if valid is None:
-        return x
-    keep = valid.view(x.shape[0], 1, *x.shape[2:])
-    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+    return None if valid is None else valid.view(x.shape[0], 1, *x.shape[2:])
 
 
 def masked_head(body: nn.Module, head: nn.Module, x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -206,11 +211,9 @@ def same_max_pool(x: Tensor, kernel: int = 3) -> Tensor:
         raise ValueError(f"kernel must be an odd int, got {kernel!r}")
     if torch.jit.is_scripting():  # type: ignore[attr-defined]
         return F.max_pool1d(x, kernel, 1, kernel // 2)
-    lengths, mask = masking.current(x)
-    valid = masking.valid_mask(x, lengths, mask)
-    if valid is None:
+    keep = _real_positions(x)
+    if keep is None:
         return F.max_pool1d(x, kernel, 1, kernel // 2)
-    keep = valid.view(x.shape[0], 1, *x.shape[2:])
     low = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
     pooled = F.max_pool1d(torch.where(keep, x, low), kernel, 1, kernel // 2)
     return torch.where(keep, pooled, torch.zeros((), dtype=x.dtype, device=x.device))
