@@ -6,8 +6,9 @@ The public names load on first use (PEP 562), so ``import cafusion`` alone, and 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cafusion import _lazy
 
 __version__ = "0.1.0"
 
@@ -33,16 +34,4 @@ if TYPE_CHECKING:  # the names as type checkers and IDEs see them (explicit re-e
     from cafusion.layers import list_attentions as list_attentions
     from cafusion.layers import register_attention as register_attention
 
-
-def __getattr__(name: str) -> Any:
-    if name == "functional":
-        return importlib.import_module("cafusion.functional")
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'cafusion' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy.attach(__name__, {**_LAZY, "functional": "cafusion.functional"})

@@ -7,9 +7,9 @@ names load on first use, and importing the composite never imports dispatch."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from cafusion import _lazy
 from cafusion.functional.composite import FusionOutput, apply_gate, excite, route, squeeze
 from cafusion.functional.temperature import raw_from_temperature, softplus_inverse, temperature_from_raw
 
@@ -36,8 +36,4 @@ __all__ = [
     "temperature_from_raw",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _ENTRY:
-        return getattr(importlib.import_module("cafusion.functional.channel_attention"), name)
-    raise AttributeError(f"module 'cafusion.functional' has no attribute {name!r}")
+__getattr__, __dir__ = _lazy.attach(__name__, dict.fromkeys(_ENTRY, "cafusion.functional.channel_attention"))

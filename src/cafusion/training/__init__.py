@@ -7,8 +7,9 @@ variant table, for ``cafusion demo --help``) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from cafusion import _lazy
 
 _LAZY = {
     "Checkpoint": "checkpoint",
@@ -47,14 +48,4 @@ if TYPE_CHECKING:
     from cafusion.training.trainer import TrainResult as TrainResult
     from cafusion.training.trainer import train as train
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"cafusion.training.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'cafusion.training' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy.attach(__name__, {k: f"cafusion.training.{v}" for k, v in _LAZY.items()})
