@@ -51,6 +51,7 @@ def test_forced_collapse_warns_exactly_once(bias: tuple[float, float], side: str
     text = str(caught[0].message)
     assert "'0'" in text and f"collapsed onto {side}" in text and "since epoch 1" in text
     assert "fusion='sum'" in text and "docs/router.md" in text
+    assert text.startswith("cafusion: ")  # the CLI prints such warnings as one 'cafusion: warning:' line
     assert monitor.collapsed == {"0": (side, 0)}
     last = monitor.history[-2]
     assert last.block == "0" and (last.w_avg_high if side == "avg" else last.w_avg_low) == 1.0

@@ -365,7 +365,8 @@ class FusionMonitor:
             share = s.w_avg_high if side == "avg" else s.w_avg_low
             limit = f"w_avg > {self.high:g}" if side == "avg" else f"w_avg < {self.low:g}"
             warnings.warn(
-                f"FusionMonitor: block {s.block!r}: the router has collapsed onto {side} since epoch {run[1] + 1} "
+                f"cafusion: FusionMonitor: block {s.block!r}: the router has collapsed onto {side} "
+                f"since epoch {run[1] + 1} "
                 f"({limit} for {100 * (share or 0.0):.1f}% of samples, {self.collapse_epochs} consecutive steps); "
                 "the results suggest sum fusion (fusion='sum') computes the same gate cheaper; see docs/router.md",
                 RouterCollapseWarning,
