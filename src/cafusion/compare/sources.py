@@ -27,11 +27,6 @@ class Split:
     norm: str | None = None  # ucr: the normalisation applied ("series" or "none"); None for other sources
 
 
-def check_source(source: str) -> None:
-    """Refuse a source that cannot be read, with its own message, before any run starts."""
-    load_split(source, 0, 0.2)
-
-
 def applied_norm(source: str, norm: str) -> str | None:
     """What ``--norm`` means for ``source``: "series" or "none" for ``ucr:`` sets, None for the others."""
     if not source.startswith("ucr:"):

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cafusion import masking
 from cafusion._dtypes import compute_dtype
 from cafusion.kernels.backends import native, pytorch, triton
 from cafusion.kernels.backends.pytorch.small import Params
+from cafusion.kernels.double_backward import differentiable_backward
 
 _PARAMS = (
     "Tensor fc1_w, Tensor? fc1_b, Tensor fc2_w, Tensor? fc2_b, "
@@ -153,30 +153,6 @@ def _backward(ctx: Any, dy: Tensor | None, g_ca: Tensor | None, g_w: Tensor | No
 
 
 torch.library.register_autograd("cafusion::caft_forward", _backward, setup_context=_setup_context)
-
-
-def differentiable_backward(x: Tensor, valid: Tensor | None, *args: Any) -> list[Tensor | None]:
-    """Gradients of (x, *params) that autograd can differentiate again (gradient penalties, double backward).
-
-    ``args``: the nine parameters, fusion, gate, act, then the upstream gradients of y, ca, fusion_w.
-    The hand-written backward has no graph of its own, so the reference composite is re-run on the saved
-    inputs and differentiated by autograd instead: slower, but exact and differentiable to any order.
-    """
-    from cafusion.functional.composite import channel_attention_fusion  # the ground truth; imports nothing here
-
-    p = Params(*args[:_N_PARAMS])
-    fusion, gate, act, dy, g_ca, g_w = args[_N_PARAMS:]
-    valid = masking.as_mask(valid, x, check=False)
-    with torch.enable_grad():
-        y, ca, fusion_w = channel_attention_fusion(x, *p[:4], fusion, *p[4:8], p.temperature, gate, act, valid)
-    pairs = [(y, dy), (ca.flatten(1), g_ca), (fusion_w, g_w)]
-    outputs = [o for o, g in pairs if o is not None and g is not None and g.numel()]
-    grad_outputs = [g for o, g in pairs if o is not None and g is not None and g.numel()]
-    inputs = [x, *p]
-    wanted = [t for t in inputs if t is not None and t.requires_grad]
-    found = torch.autograd.grad(outputs, wanted, grad_outputs, create_graph=True, allow_unused=True)
-    by_id = {id(t): g for t, g in zip(wanted, found, strict=True)}
-    return [None if t is None else by_id.get(id(t)) for t in inputs]
 
 
 # ---------------------------------------------------------------------------------------------------

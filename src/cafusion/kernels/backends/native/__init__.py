@@ -142,12 +142,12 @@ def _find_ninja() -> None:
 def library() -> ModuleType | None:
     """The compiled kernels, or None when switched off or not buildable here (warned once).
 
-    Loading them registers their CPU kernels and CPU autograd on the op, whose schema ``op`` defines:
-    so ``op`` is imported first.
+    Loading them registers their CPU kernels and CPU autograd on the op ``cafusion.kernels.op`` defines
+    (an implementation may be registered before its schema; the kernels look the op up when first called).
     """
     if not enabled():
         return None
-    from cafusion.kernels import op
+    from cafusion.kernels.double_backward import differentiable_backward
 
     try:
         lib = build()
@@ -162,7 +162,7 @@ def library() -> ModuleType | None:
     mib = os.environ.get(CACHE_ENV)
     if mib is not None:
         lib.cache_set_limit(int(float(mib) * 2**20))
-    lib.set_double_backward(op.differentiable_backward)
+    lib.set_double_backward(differentiable_backward)
     lib.set_gather_rows(choose_pool_variant(lib))
     return lib
 
