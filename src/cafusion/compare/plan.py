@@ -4,10 +4,18 @@ Each run is independent and writes ``<out>/runs/<run id>.json`` atomically when 
 file is the only state. A run whose file exists with the same settings is done and skipped (resume);
 ``--shard K/N`` keeps every N-th run starting at K-1, so N machines split the work with no scheduler
 and the report later merges whatever files it finds.
+
+The report reads each result as a compact row (:func:`compact`): what its tables and figures use,
+with the router's per-epoch traces reduced to their summaries (the w_avg trace kept, rounded, for the
+figure). ``runs.csv`` holds those rows, so a report folder pruned to report.md, report.json and
+runs.csv still rebuilds its report when ``runs/`` is gone; the result files stay the store of live
+runs (resume and shards read them).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -21,6 +29,41 @@ from cafusion.compare.sources import applied_norm, dataset_name
 from cafusion.models import recipe
 
 RUNS_DIR = "runs"
+RUNS_CSV = "runs.csv"
+# one row per run: the readable columns first, then JSON cells with the rest of the compact row
+CSV_FIELDS = (
+    "dataset",
+    "model",
+    "variant",
+    "seed",
+    "test_acc",
+    "test_loss",
+    "best_epoch",
+    "epochs",
+    "batch_size",
+    "params",
+    "seconds_per_epoch",
+    "data",
+    "published_split",
+    "settings",
+    "budget_acc",
+    "router",
+)
+# what a row holds besides dataset and data (model, variant, seed, epochs are readable copies of settings)
+_JSON_FIELDS = (
+    "test_acc",
+    "test_loss",
+    "best_epoch",
+    "batch_size",
+    "params",
+    "seconds_per_epoch",
+    "published_split",
+    "settings",
+    "budget_acc",
+    "router",
+)
+TRACE_DECIMALS = 4  # the w_avg trace only feeds a figure; 4 decimals keep runs.csv small
+_BLOCK_KEYS = ("T", "collapsed", "gate_saturation", "input_avg_abs", "input_max_abs", "prefer_max", "w_avg_mean")
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
 
@@ -156,8 +199,103 @@ def read_result(path: Path) -> dict[str, Any]:
 
 
 def iter_results(out: Path) -> Iterator[dict[str, Any]]:
-    """Every finished run under ``out``, in file-name order (the report's input)."""
+    """Every finished run under ``out`` as its compact row, in file-name order (the report's input).
+
+    From ``runs/*.json`` when that folder holds any; else from the rows of ``runs.csv``.
+    """
     folder = out / RUNS_DIR
-    if folder.is_dir():
-        for path in sorted(folder.glob("*.json")):
-            yield read_result(path)
+    paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if paths:
+        for path in paths:
+            yield compact(read_result(path))
+    elif (out / RUNS_CSV).is_file():
+        yield from read_rows(out / RUNS_CSV)
+
+
+def compact(result: dict[str, Any]) -> dict[str, Any]:
+    """What the report and its figures read of one result; runs.csv stores exactly this."""
+    row: dict[str, Any] = {
+        "dataset": result["dataset"],
+        "data": result["data"],
+        "published_split": result.get("published_split", True),
+        "settings": stored_settings(result),
+        **{k: result[k] for k in ("test_acc", "test_loss", "best_epoch", "batch_size", "params")},
+        "seconds_per_epoch": result["seconds_per_epoch"],
+        "budget_acc": dict(result.get("budget_acc", {})),
+    }
+    if "router" in result:
+        row["router"] = {name: _compact_block(b) for name, b in result["router"].items()}
+    return row
+
+
+def _compact_block(b: dict[str, Any]) -> dict[str, Any]:
+    """One block's router record with its per-epoch traces reduced to what the report shows."""
+    trace = b["w_avg_per_epoch"]
+    router, mlp = b["router_grad_per_epoch"], b.get("mlp_grad_per_epoch", [])
+    return {
+        **{k: b[k] for k in _BLOCK_KEYS},
+        "w_avg_std": b.get("w_avg_std"),
+        "w_avg_epoch1": trace[0] if trace else None,
+        "collapse_epoch": collapse_epoch(trace),
+        "router_grad_early": _mean_of(router[:5]),
+        "router_grad_late": _mean_of(router[-10:]),
+        "mlp_grad_early": _mean_of(mlp[:5]),
+        "mlp_grad_late": _mean_of(mlp[-10:]),
+        "w_avg_per_epoch": [None if w is None else round(w, TRACE_DECIMALS) for w in trace],
+    }
+
+
+def collapse_epoch(trace: list[float | None], threshold: float = 0.01) -> int | None:
+    """The first epoch from which the training w_avg stays within ``threshold`` of 0 or 1 to the end."""
+    values = [w for w in trace if w is not None]
+    first = None
+    for epoch, w in enumerate(values, start=1):
+        collapsed = min(w, 1 - w) < threshold
+        first = (first or epoch) if collapsed else None
+    return first
+
+
+def _mean_of(values: list[float] | list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else None
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell: floats as repr (the row reads back exactly), the rest as compact JSON."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    """runs.csv: one line per row, readable columns first, JSON cells for the nested parts."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        s = r["settings"]
+        readable = {"model": s["model"], "variant": s["variant"], "seed": s["seed"], "epochs": s["epochs"]}
+        writer.writerow({k: _cell(v) for k, v in {**r, **readable, "router": r.get("router")}.items()})
+    return buf.getvalue()
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a runs.csv that :func:`rows_csv` wrote (one-line ValueError for any other file)."""
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [k for k in CSV_FIELDS if k not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(
+                f"{str(path)!r} lacks the column(s) {', '.join(missing)} the report needs (runs/ is absent, "
+                "and this runs.csv was written by an older cafusion); rebuild it from the runs/*.json files"
+            )
+        rows = []
+        for line, cells in enumerate(reader, start=2):
+            try:
+                row = {k: json.loads(cells[k]) for k in _JSON_FIELDS}
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{str(path)!r} line {line}: a cell is not JSON ({exc})") from None
+            if row["router"] is None:
+                del row["router"]
+            rows.append({"dataset": cells["dataset"], "data": cells["data"], **row})
+    return rows

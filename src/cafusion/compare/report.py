@@ -3,14 +3,13 @@
 Because it reads only the per-run files, running the report after every shard has finished (or
 ``--report-only``) merges the shards, and the report of a merged set equals that of a single
 unsharded run. Writes report.json (every per-seed result and every p-value), report.md, runs.csv
-and the figures (plots.py).
+(the compact row of every run, plan.compact) and the figures (plots.py). Without ``runs/`` the
+report is rebuilt from runs.csv alone, to the same report.json and report.md.
 """
 
 from __future__ import annotations
 
-import csv
 import importlib.util
-import io
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -19,23 +18,10 @@ from typing import Any
 from cafusion._files import atomic_write_text
 from cafusion.compare import stats
 from cafusion.compare.config import BASELINES
-from cafusion.compare.plan import iter_results, stored_settings
+from cafusion.compare.plan import RUNS_CSV, iter_results, rows_csv, stored_settings
 from cafusion.compare.plots import cd_figure_name
 from cafusion.compare.published import published_accuracy
 
-CSV_FIELDS = (
-    "dataset",
-    "model",
-    "variant",
-    "seed",
-    "test_acc",
-    "test_loss",
-    "best_epoch",
-    "epochs",
-    "batch_size",
-    "params",
-    "seconds_per_epoch",
-)
 UNDEFINED_CELL = "n/a (identical differences)"
 UNDEFINED_NOTE = (
     "p=n/a (identical differences): every seed's paired difference is the same non-zero amount (often one "
@@ -61,6 +47,8 @@ RANKS_NOTE = (
     f"data sets between variants in rank order, Holm-adjusted over all pairs, and the cliques of aeon's "
     f"diagram; it needs at least {stats.CD_MIN_DATASETS} data sets and {stats.CD_MIN_VARIANTS} variants"
 )
+# per block and run, the mean gradient norm of the first 5 and the last 10 epochs (plan.compact)
+_GRADIENTS = ("router_grad_early", "router_grad_late", "mlp_grad_early", "mlp_grad_late")
 NO_AEON_NOTE = (
     "aeon is not installed (the timeseries extra): no critical-difference diagram is drawn; the ranks, "
     "tests and cliques are computed without it"
@@ -74,7 +62,7 @@ def build_report(out: Path, baselines: tuple[str, ...] = BASELINES) -> dict[str,
     """
     results = list(iter_results(out))
     if not results:
-        raise ValueError(f"--out {str(out)!r} holds no finished runs (runs/*.json) to report on")
+        raise ValueError(f"--out {str(out)!r} holds no finished runs (runs/*.json or {RUNS_CSV}) to report on")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
         groups[(r["dataset"], r["settings"]["model"])].append(r)
@@ -215,67 +203,32 @@ def _router_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "T_mean": sum(t) / len(t) if t else None,
             "gate_saturation_mean": sum(b["gate_saturation"] for b in bs) / len(bs),
             "input_max_over_avg": sum(b["input_max_abs"] / max(b["input_avg_abs"], 1e-12) for b in bs) / len(bs),
-            "w_avg_epoch1": [b["w_avg_per_epoch"][0] for b in bs if b["w_avg_per_epoch"][:1] != [None]],
-            "collapse_epoch": [collapse_epoch(b["w_avg_per_epoch"]) for b in bs],
-            "router_grad_early": _mean_of([_mean_of(b["router_grad_per_epoch"][:5]) for b in bs]),
-            "router_grad_late": _mean_of([_mean_of(b["router_grad_per_epoch"][-10:]) for b in bs]),
-            "mlp_grad_early": _mean_of([_mean_of(b.get("mlp_grad_per_epoch", [])[:5]) for b in bs]),
-            "mlp_grad_late": _mean_of([_mean_of(b.get("mlp_grad_per_epoch", [])[-10:]) for b in bs]),
+            "w_avg_epoch1": [b["w_avg_epoch1"] for b in bs if b["w_avg_epoch1"] is not None],
+            "collapse_epoch": [b["collapse_epoch"] for b in bs],
+            **{k: _mean_of([b[k] for b in bs]) for k in _GRADIENTS},
         }
     return out
 
 
-def collapse_epoch(trace: list[float | None], threshold: float = 0.01) -> int | None:
-    """The first epoch from which the training w_avg stays within ``threshold`` of 0 or 1 to the end."""
-    values = [w for w in trace if w is not None]
-    first = None
-    for epoch, w in enumerate(values, start=1):
-        collapsed = min(w, 1 - w) < threshold
-        first = (first or epoch) if collapsed else None
-    return first
-
-
-def _mean_of(values: list[float] | list[float | None]) -> float | None:
+def _mean_of(values: list[float | None]) -> float | None:
     kept = [v for v in values if v is not None]
     return sum(kept) / len(kept) if kept else None
 
 
 def write_report(out: Path, report: dict[str, Any], figures: bool = True) -> list[Path]:
     """report.json, report.md, runs.csv and (if matplotlib is there) the PNGs; returns the paths."""
-    written = [out / "report.json", out / "report.md", out / "runs.csv"]
-    atomic_write_text(written[0], json.dumps(report, indent=1, sort_keys=True) + "\n")
+    written = [out / "report.json", out / "report.md", out / RUNS_CSV]
+    rows = list(iter_results(out))  # read before anything is written: runs.csv may be the input
+    # compact JSON: per-seed results and every test, without indentation (runs.csv has them readable)
+    atomic_write_text(written[0], json.dumps(report, sort_keys=True, separators=(",", ":")) + "\n")
     pngs: list[Path] = []
     if figures:
         from cafusion.compare.plots import write_figures
 
         pngs = write_figures(out, report)
     atomic_write_text(written[1], render_markdown(report, [p.name for p in pngs]))
-    atomic_write_text(written[2], _csv(out))
+    atomic_write_text(written[2], rows_csv(rows))
     return written + pngs
-
-
-def _csv(out: Path) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for r in iter_results(out):
-        s = r["settings"]
-        writer.writerow(
-            {
-                "dataset": r["dataset"],
-                "model": s["model"],
-                "variant": s["variant"],
-                "seed": s["seed"],
-                "test_acc": f"{r['test_acc']:.6f}",
-                "test_loss": f"{r['test_loss']:.6f}",
-                "best_epoch": r["best_epoch"],
-                "epochs": s["epochs"],
-                "batch_size": r["batch_size"],
-                "params": r["params"],
-                "seconds_per_epoch": f"{r['seconds_per_epoch']:.4f}",
-            }
-        )
-    return buf.getvalue()
 
 
 def _pct(x: float | None) -> str:
