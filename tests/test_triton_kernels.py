@@ -8,6 +8,7 @@ hand with: ``TRITON_INTERPRET=1 python tests/test_triton_kernels.py pool_stats``
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 import torch
 from torch import Tensor
 
-GROUPS = ("pool_stats", "scale", "grad_ca", "grad_input", "edges", "block", "gpu_check")
+GROUPS = ("pool_stats", "scale", "grad_ca", "grad_input", "edges", "padded", "padded_block", "block", "gpu_check")
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -216,6 +217,151 @@ def check_edges(t: object) -> int:
     return count + 2
 
 
+def _paddings(x: Tensor) -> Iterator[tuple[str, Tensor, Tensor]]:
+    """(name, valid as the passes take it, the same padding as a (B, N) mask) for a (B, C, N) x: ragged
+    lengths with 1 and N among them, and a general mask whose first position is padding."""
+    b, _, n = x.shape
+    lengths = torch.tensor([1, n, max(1, n // 2 + 1)] * b)[:b]
+    yield "lengths", lengths, torch.arange(n) < lengths[:, None]
+    mask = torch.rand(b, n) < 0.5
+    mask[:, 0], mask[:, -1] = n == 1, True  # padding first (unless N = 1), a real position last
+    yield "mask", mask, mask
+
+
+def _masked_ref(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Naive masked statistics: mean over real positions, max and first maximal real position."""
+    xf, keep = x.float(), mask[:, None, :]
+    avg = torch.where(keep, xf, 0.0).sum(2) / mask.sum(1, keepdim=True)
+    mx, idx = torch.where(keep, xf, float("-inf")).max(2)
+    return avg, mx, idx
+
+
+def check_padded(t: object) -> int:
+    """pool_stats and grad_input with lengths and general masks, against naive masked torch."""
+    from cafusion.kernels.backends.triton import passes as T
+
+    count = 0
+    for i, (what, x) in enumerate(_cases()):
+        if i % 3:  # a third of the sweep (still every shape, dtype and layout)
+            continue
+        b, c, n = x.shape
+        for pad, valid, mask in _paddings(x):
+            xp = x.clone().masked_fill_(~mask[:, None, :], float("nan"))  # padding NaN must never enter
+            want_avg, want_mx, want_idx = _masked_ref(xp, mask)
+            for need_index in (True, False):
+                avg, mx, idx = T.pool_stats(xp, need_index, valid)
+                _close(avg, want_avg, f"avg {what} {pad}")
+                assert torch.equal(mx, want_mx), f"max {what} {pad}"
+                assert (idx is not None) == need_index, f"index {what} {pad}"
+                if idx is not None:
+                    assert torch.equal(idx, want_idx), f"argmax {what} {pad}"
+            ca, g_avg, g_max = torch.rand(b, c).to(x.dtype), torch.randn(b, c) / n, torch.randn(b, c)
+            dy = torch.randn_like(x)
+            dx = T.grad_input(dy, ca, g_avg, g_max, want_idx, valid)
+            want = dy.float() * ca.float()[:, :, None] + torch.where(mask[:, None, :], g_avg[:, :, None], 0.0)
+            want += _scatter_ref(dy, want_idx, g_max)
+            _close(dx.float(), want.to(dy.dtype).float(), f"dx {what} {pad}", **_tol(dy.dtype))
+            count += 1
+    count += _padded_ties_and_nan(T)
+    for bad in (torch.ones(2, 5, dtype=torch.int64), torch.ones(2, dtype=torch.float32), torch.ones(3, 5) > 0):
+        try:
+            T.pool_stats(torch.randn(2, 3, 5), False, bad)
+        except ValueError as err:
+            assert "valid must" in str(err), err
+            count += 1
+        else:
+            raise AssertionError(f"pool_stats accepted valid {bad.dtype} {tuple(bad.shape)}")
+    return count
+
+
+def _padded_ties_and_nan(T: Any) -> int:
+    """Ties (the first maximal REAL position wins, across split boundaries too), NaN at real positions,
+    all -inf real positions behind padding (the first real position, never a padded one)."""
+    count = 0
+    for shape in [(3, 5, 9), (2, 3, 1100), (2, 130, 20)]:
+        for name, x in _layouts(*shape, torch.float32):
+            x = x.clone().copy_(torch.randint(0, 3, shape).float())
+            for pad, valid, mask in _paddings(x):
+                _, mx, idx = T.pool_stats(x, True, valid)
+                _, want_mx, want_idx = _masked_ref(x, mask)
+                assert torch.equal(mx, want_mx) and torch.equal(idx, want_idx), f"ties {shape} {name} {pad}"
+                count += 1
+        x = torch.randn(shape)
+        n = shape[2]
+        real = torch.zeros(shape[0], n, dtype=torch.bool)
+        real[:, n // 3 :] = True  # the first third is padding
+        x[0, 0, : n // 3] = float("nan")  # NaN in the padding only: ignored
+        x[0, 1, n // 2], x[0, 1, -1] = float("nan"), float("nan")  # the first real NaN is the index
+        x[1, 0, n // 3 :] = float("-inf")  # every real value -inf: the first real position
+        x[1, 0, : n // 3] = float("-inf")
+        avg, mx, idx = T.pool_stats(x, True, real)
+        assert idx is not None
+        assert not avg[0, 0].isnan() and not mx[0, 0].isnan(), f"padded NaN entered {shape}"
+        assert mx[0, 1].isnan() and idx[0, 1] == n // 2, f"real NaN {shape}"
+        assert mx[1, 0] == float("-inf") and idx[1, 0] == n // 3, f"-inf row {shape}"
+        _, mx_len, idx_len = T.pool_stats(x.flip(2), True, torch.full((shape[0],), n - n // 3))
+        assert idx_len is not None and not mx_len[0, 0].isnan() and idx_len[1, 0] == 0, f"lengths, NaN {shape}"
+        count += 1
+    return count
+
+
+def check_padded_block(t: object) -> int:
+    """The Triton backend (forward and hand-written backward) on padded batches, through the backend
+    harness against the masked composite: lengths 1, L and ragged, general masks, many ties."""
+    from cafusion import masking
+    from tests import backend_harness as h
+    from tests.parity import all_configs
+
+    original_x = h.make_x
+
+    def make_valid(case: Any, seed: int) -> Tensor | None:
+        shape = h.SHAPES[case.rank]
+        x = torch.empty(shape)
+        if case.padding == "mask":
+            gen = torch.Generator().manual_seed(seed)
+            mask = torch.rand((shape[0], *shape[2:]), generator=gen) < 0.4
+            mask.view(shape[0], -1)[:, -1] = True
+            return masking.valid_mask(x, mask=mask)
+        lengths = torch.tensor([1, shape[-1], shape[-1] // 2 + 1])[: shape[0]]
+        return masking.valid_arg(x, lengths=lengths)  # the tensor itself for 1D, a mask for 2D/3D
+
+    def make_x(case: Any, seed: int) -> Tensor:  # values in {-1, 0, 1}: ties everywhere
+        return original_x(case, seed).round().clamp(-1, 1)
+
+    h.make_valid, h.make_x = make_valid, make_x
+    from cafusion.kernels.backends.triton import passes as T
+
+    padded_calls = {"pool_stats": 0, "grad_input": 0}
+    for name, arity in (("pool_stats", 3), ("grad_input", 6)):
+        setattr(T, name, _counted_padded(getattr(T, name), padded_calls, name, arity))
+    layouts, paddings, configs = ("contiguous", "channels_last", "strided"), ("lengths", "mask"), all_configs()
+    selected = []
+    for k, (rank, li, pi) in enumerate(itertools.product(h.SHAPES, range(3), range(2))):
+        if _full() or (rank + li + pi) % 2 == 0:  # by default half: still every rank, layout and padding
+            cfgs = configs[k % 16 :: 16] if _full() else configs[(5 * k) % 64 : (5 * k) % 64 + 1]
+            selected += [h.Case(cfg, rank, layouts[li], torch.float32, paddings[pi]) for cfg in cfgs]
+    failures = h.check("triton", selected)
+    assert not failures, "\n".join(failures[:10])
+    assert padded_calls == {"pool_stats": len(selected), "grad_input": len(selected)}, padded_calls  # in Triton
+    return len(selected)
+
+
+def _counted_padded(fn: Callable[..., Any], calls: dict[str, int], name: str, arity: int) -> Callable[..., Any]:
+    """fn, counting the calls that hand it a padding (its last argument, ``valid``)."""
+
+    def wrapper(*args: Any) -> Any:
+        calls[name] += len(args) == arity and args[-1] is not None
+        return fn(*args)
+
+    return wrapper
+
+
+def _full() -> bool:
+    from tests.sweep import full_sweep
+
+    return full_sweep()
+
+
 def check_block(t: object) -> int:
     """The whole block through the op with its CPU key on the Triton backend, against the reference path."""
     from cafusion import ChannelAttentionFusionT
@@ -314,6 +460,8 @@ CHECKS: dict[str, Callable[[object], int]] = {
     "grad_ca": check_grad_ca,
     "grad_input": check_grad_input,
     "edges": check_edges,
+    "padded": check_padded,
+    "padded_block": check_padded_block,
 }
 
 

@@ -2,7 +2,10 @@
 
 The composition is the PyTorch backend's (``compose_forward``/``compose_backward``) with the Triton
 big-tensor passes (``passes``) and, for float32 statistics up to ``SMALL_MAX_C`` channels, the fused
-Triton small path (``small``); larger or float64 small paths use PyTorch's matmuls. Triton is
+Triton small path (``small``); larger or float64 small paths use PyTorch's matmuls. A padded batch
+(``valid``: lengths or a mask) takes the same steps with the padding handed to the Triton passes, which
+pool real positions only (lengths: each row's prefix, without a mask) and give the mean's gradient to
+real positions only; the PyTorch composition would pool through its own masked passes. Triton is
 imported lazily: ``import cafusion`` never needs it, and under ``TRITON_INTERPRET=1`` the same
 kernels run on the CPU for tests.
 """
@@ -11,9 +14,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
+import torch
 from torch import Tensor
 
+from cafusion import masking
 from cafusion._dtypes import compute_dtype
+from cafusion._validation import checks_run
 from cafusion.kernels.backends import pytorch
 from cafusion.kernels.backends.pytorch import Gradients, Outputs
 from cafusion.kernels.backends.pytorch import small as pytorch_small
@@ -49,11 +55,41 @@ def _passes(x: Tensor) -> ModuleType:
     return passes if passes.is_available(x) else pytorch.passes
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _padding(valid: Tensor, x: Tensor, *, check: bool) -> Tensor:
+    """The padding as the Triton passes take it: lengths (B,) of a (B, C, L) x as they are, range-checked
+    (``check``; a backward's forward checked them, and the check syncs the GPU), else the (B, N) mask."""
+    if valid.dtype == torch.bool or x.dim() != 3:
+        mask = masking.as_mask(valid, x, check=check)
+        assert mask is not None
+        return mask
+    size = x.shape[2]
+    if check and checks_run() and valid.numel() and not bool(((valid >= 1) & (valid <= size)).all()):
+        bad = valid[(valid < 1) | (valid > size)][0].item()
+        raise ValueError(f"lengths must lie in [1, {size}] (the last dim of x), got {bad}")
+    return valid
+
+
 def forward(
     x: Tensor, p: Params, fusion: str, gate: str, act: str, need_index: bool, valid: Tensor | None = None
 ) -> Outputs:
-    """The op's forward with Triton kernels (masked statistics of a padded batch: PyTorch's, on the GPU)."""
-    return pytorch.compose_forward(_passes(x), _small_path(x, p), x, p, fusion, gate, act, need_index, valid)
+    """The op's forward with Triton kernels: statistics, the small path on (B, C), scaling (y = x * ca
+    at every position, padding included)."""
+    ops, small_path = _passes(x), _small_path(x, p)
+    if valid is None or ops is not passes:
+        return pytorch.compose_forward(ops, small_path, x, p, fusion, gate, act, need_index, valid)
+    valid = _padding(valid, x, check=True)
+    x3 = x.flatten(2)
+    avg, mx, idx = passes.pool_stats(x3, need_index, valid)
+    dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
+    fw = small_path.forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
+    ca = _cast(fw.ca, x.dtype)
+    y = pytorch.unflat(passes.scale(x3, ca), x)
+    w = fw.w if fw.w is not None else avg.new_empty((x.shape[0], 0), dtype=dtype)
+    return y, ca, w, avg, mx, idx if idx is not None else pytorch.empty(avg, torch.int64)
 
 
 def backward(
@@ -71,11 +107,28 @@ def backward(
     need_x: bool,
     valid: Tensor | None = None,
 ) -> Gradients:
-    """The op's hand-written backward with Triton kernels."""
+    """The op's hand-written backward with Triton kernels: d(ca) from one pass over dy and x, the small
+    path's backward, one pass writing dx (with padding: the mean's gradient at real positions only)."""
     ops, small_path = _passes(x), _small_path(x, p)
-    return pytorch.compose_backward(
-        ops, small_path, dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid
-    )
+    if valid is None or ops is not passes:
+        return pytorch.compose_backward(
+            ops, small_path, dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid
+        )
+    valid = _padding(valid, x, check=False)
+    x3, dy3 = x.flatten(2), dy.flatten(2)
+    dtype = compute_dtype(avg.dtype, p.fc1_w.dtype)
+    fw = small_path.forward(_cast(avg, dtype), _cast(mx, dtype), p, fusion, gate, act)
+    d_ca = _cast(passes.grad_ca(dy3, x3), dtype)
+    if g_ca is not None:
+        d_ca = d_ca + _cast(g_ca.reshape(d_ca.shape), dtype)
+    g = small_path.backward(fw, p, d_ca, g_w if fusion == "softmax" else None, fusion, gate, act)
+    dx = pytorch.empty(x)
+    if need_x:
+        g_avg = _cast(g.avg / passes.count(valid, g.avg.dtype), avg.dtype)
+        dx3 = passes.grad_input(dy3, _cast(fw.ca, x.dtype), g_avg, _cast(g.mx, avg.dtype), idx, valid)
+        dx = pytorch.unflat(dx3, x)
+    params = (g.fc1_w, g.fc1_b, g.fc2_w, g.fc2_b, g.r1_w, g.r1_b, g.r2_w, g.r2_b, g.temperature)
+    return (dx, *(pytorch.empty(x) if t is None else t for t in params))
 
 
 __all__ = ["SMALL_MAX_C", "backward", "forward", "is_available"]

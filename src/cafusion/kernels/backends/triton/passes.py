@@ -5,6 +5,10 @@ Same names and signatures as the PyTorch backend's passes (``backends/pytorch/pa
 tensor asks, or when ``TRITON_INTERPRET=1`` runs the kernels on the CPU for tests), so ``import
 cafusion`` never needs it. Low-precision inputs are read as-is and accumulated in float32.
 
+Padded batches: ``pool_stats`` and ``grad_input`` also take ``valid``, either the (B,) integer lengths
+of each sample's real prefix along N (only positions < length are read) or a (B, N) boolean mask of
+real positions; ``scale`` and ``grad_ca`` run over every position, as the block's math does.
+
 Launch plan: the tile follows the unit-stride dim (wide along N for contiguous maps, wide along C
 for channels_last) so loads coalesce; reductions split N across programs when B * C alone would
 leave the GPU mostly idle (e.g. channels_last (16, 256, 56x56), or B = 1), then merge the partials.
@@ -170,11 +174,43 @@ def _device_guard(t: Tensor) -> contextlib.AbstractContextManager[object]:
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
+def _padding(valid: Tensor | None, like: Tensor) -> tuple[int, Tensor, Tensor, int]:
+    """(MASK, lengths, mask as uint8, the mask's row stride) for the kernels; unused ones are ``like``.
+
+    MASK is 0 without padding, 1 for (B,) integer lengths, 2 for a (B, N) boolean mask.
+    """
+    bsz, _, n = like.shape
+    if valid is None:
+        return 0, like, like, 0
+    if valid.device != like.device:
+        raise ValueError(f"valid must be on the device of the data ({like.device}), got {valid.device}")
+    if valid.dtype == torch.bool:
+        if tuple(valid.shape) != (bsz, n):
+            raise ValueError(f"valid must be a (B, N) = {(bsz, n)} mask, got shape {tuple(valid.shape)}")
+        mask = valid.contiguous().view(torch.uint8)
+        return 2, like, mask, mask.stride(0)
+    if valid.dtype.is_floating_point or valid.is_complex() or tuple(valid.shape) != (bsz,):
+        got = f"{valid.dtype} {tuple(valid.shape)}"
+        raise ValueError(f"valid must be a bool {(bsz, n)} mask or integer ({bsz},) lengths, got {got}")
+    return 1, valid.contiguous(), like, 0
+
+
 def _reduce(
-    a: Tensor, b: Tensor | None, *, need_max: bool, need_index: bool, mean: bool
+    a: Tensor,
+    b: Tensor | None,
+    *,
+    need_max: bool,
+    need_index: bool,
+    mean: bool,
+    valid: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Sum over N of a (or a*b), optionally max and first argmax of a; (B, C) results."""
+    """Sum over N of a (or a*b), optionally max and first argmax of a; (B, C) results.
+
+    With ``valid`` (see ``_padding``) over real positions only; the sum is then not scaled (the caller
+    divides by each sample's count).
+    """
     k = _k()
+    mode, lengths, mask, s_mask = _padding(valid, a)
     bsz, c, n = a.shape
     rows = bsz * c
     sum_out = torch.empty(bsz, c, device=a.device, dtype=torch.float32)
@@ -186,7 +222,7 @@ def _reduce(
     block_c, block_n, warps = _tile(unit, c, n, a.element_size(), _REDUCE_TILE)
     n_cblk = -(-c // block_c)
     splits, chunk = _splits(a.device, bsz * n_cblk, n, block_n)
-    scale = 1.0 / n if mean else 1.0
+    scale = 1.0 / n if mean and mode == 0 else 1.0
     if splits == 1:
         psum, pmax, pidx = sum_out, max_out, idx_out
     else:
@@ -213,6 +249,9 @@ def _reduce(
             *sa[:3],
             *sb[:3],
             scale if splits == 1 else 1.0,
+            lengths,
+            mask,
+            s_mask,
             UNIT_A=unit,
             UNIT_B=unit_b,
             VEC_A=sa[3],
@@ -224,6 +263,7 @@ def _reduce(
             BLOCK_C=block_c,
             BLOCK_N=block_n,
             PLAIN_MAX=_PLAIN_MAX,
+            MASK=mode,
             num_warps=warps,
         )
         if splits > 1:
@@ -247,17 +287,28 @@ def _reduce(
     return sum_out, max_out, idx_out
 
 
-def pool_stats(x3: Tensor, need_index: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+def pool_stats(x3: Tensor, need_index: bool, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """One pass over x: per-(b, c) mean and max in float32, and the first argmax when asked.
 
-    A NaN in a row makes its max NaN (its index then points at a NaN).
+    A NaN in a row makes its max NaN (its index then points at a NaN). With ``valid`` (lengths (B,),
+    each in [1, N], or a (B, N) mask with a real position per sample) only real positions count: padding,
+    even NaN, never enters, and the argmax is the first maximal real position.
     """
     _check(x3, "x3")
     if x3.shape[2] == 0:
         raise ValueError("x3 has no spatial positions (N = 0): mean and max are undefined")
-    avg, mx, idx = _reduce(x3, None, need_max=True, need_index=need_index, mean=True)
+    total, mx, idx = _reduce(x3, None, need_max=True, need_index=need_index, mean=True, valid=valid)
     assert mx is not None
-    return avg, mx, idx
+    if valid is None:
+        return total, mx, idx
+    return total / count(valid, torch.float32), mx, idx
+
+
+def count(valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """Real positions per sample, (B, 1) in ``dtype``: the lengths themselves, or the mask's row sums."""
+    if valid.dtype == torch.bool:
+        return valid.sum(dim=1, keepdim=True, dtype=dtype)
+    return valid.to(dtype).unsqueeze(1)
 
 
 def scale(x3: Tensor, ca: Tensor) -> Tensor:
@@ -312,8 +363,12 @@ def grad_ca(dy3: Tensor, x3: Tensor) -> Tensor:
     return total
 
 
-def grad_input(dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tensor) -> Tensor:
-    """dx = dy * ca + g_avg + g_max at idx, in one pass; g_avg is already divided by N.
+def grad_input(
+    dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tensor, valid: Tensor | None = None
+) -> Tensor:
+    """dx = dy * ca + g_avg + g_max at idx, in one pass; g_avg is already divided by N (by each sample's
+    count of real positions with ``valid``, lengths or mask as in ``pool_stats``, and then reaches real
+    positions only: padding gets dy * ca).
 
     dx has dy's dtype and (for dense dy) dy's strides.
     """
@@ -323,8 +378,9 @@ def grad_input(dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tenso
     bsz, c, n = dy3.shape
     if dy3.numel() == 0:
         return dx3
+    mode, lengths, mask, s_mask = _padding(valid, dy3)
     small = [t.reshape(bsz, c).contiguous() for t in (ca, g_avg, g_max, idx)]
-    if _flat(dy3):
+    if mode == 0 and _flat(dy3):  # the flat kernels know no padding
         block, warps = _flat_block(dy3.element_size())
         with _device_guard(dy3):
             k.grad_input_flat_kernel[(-(-dy3.numel() // block),)](
@@ -347,12 +403,16 @@ def grad_input(dy3: Tensor, ca: Tensor, g_avg: Tensor, g_max: Tensor, idx: Tenso
             n_nblk,
             *sd[:3],
             *sx[:3],
+            lengths,
+            mask,
+            s_mask,
             UNIT_D=unit,
             UNIT_X=unit_x,
             VEC_D=sd[3],
             VEC_X=sx[3],
             BLOCK_C=block_c,
             BLOCK_N=block_n,
+            MASK=mode,
             num_warps=warps,
         )
     return dx3

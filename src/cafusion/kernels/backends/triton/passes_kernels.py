@@ -12,6 +12,10 @@ Reductions keep per-lane accumulators (sum, max, first index of the max) and red
 once at the end, so the inner loop is a load, an add and a compare-select. A program reduces a
 chunk of N for BLOCK_C channels; when (B, C) alone gives too few programs to fill the GPU, N is
 split across programs and ``combine_kernel`` merges the partial results.
+
+Padded batches (``MASK``, a constexpr): 1 reads each sample's length from ``len_ptr`` and touches only
+the prefix [0, length) of its rows; 2 reads a (B, N) mask of real positions (uint8) from ``valid_ptr``.
+The reductions then see real positions only, and ``grad_input_kernel`` adds the mean's gradient there.
 """
 
 import triton
@@ -19,6 +23,15 @@ import triton.language as tl
 
 # Larger than any position (N < 2**31 is checked on the Python side).
 BIG_INDEX = tl.constexpr(2147483647)
+NO_MASK = tl.constexpr(0)
+LENGTHS = tl.constexpr(1)
+MASK_ROWS = tl.constexpr(2)
+
+
+@triton.jit
+def _real(valid_ptr, svb, bi, n, n_ok):
+    """Which of the positions n (inside the row: n_ok) are real, from the (B, N) uint8 mask."""
+    return tl.load(valid_ptr + bi * svb + n, mask=n_ok, other=0) != 0
 
 
 @triton.jit
@@ -71,6 +84,9 @@ def reduce_kernel(
     sbc,
     sbn,
     sum_scale,
+    len_ptr,
+    valid_ptr,
+    svb,
     UNIT_A: tl.constexpr,
     UNIT_B: tl.constexpr,
     VEC_A: tl.constexpr,
@@ -82,6 +98,7 @@ def reduce_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PLAIN_MAX: tl.constexpr = False,
+    MASK: tl.constexpr = 0,
 ):
     """Per (b, c): sum over a chunk of N of a (or a*b when PRODUCT), and max/first argmax of a.
 
@@ -90,6 +107,9 @@ def reduce_kernel(
 
     Results go to (splits, rows) buffers at [split, b*C + c]; the sum is multiplied by sum_scale
     (1/N when there is a single split, so that the buffer is already the mean).
+
+    With MASK, only real positions enter, and the max starts at the first real one (lanes that saw none
+    keep BIG_INDEX), so the argmax is the first maximal real position even in an all -inf row.
     """
     pid = tl.program_id(0)
     s = pid % splits
@@ -102,16 +122,23 @@ def reduce_kernel(
     lane = tl.arange(0, BLOCK_N)
     n_lo = s * chunk
     n_hi = tl.minimum(n_lo + chunk, N * VEC_N)  # N arrives divided by VEC_N: masks stay provably aligned
+    if MASK == LENGTHS:  # the row's real prefix ends at the sample's length: padding is never read
+        n_hi = tl.minimum(n_hi, tl.load(len_ptr + bi).to(tl.int32))
 
     acc_sum = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
     acc_max = tl.full((BLOCK_C, BLOCK_N), float("-inf"), dtype=tl.float32)
-    # Lanes start at their own first position, so an all -inf row still reports its first index.
-    acc_idx = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.int32) + (n_lo + lane)[None, :]
+    if MASK == NO_MASK:
+        # Lanes start at their own first position, so an all -inf row still reports its first index.
+        acc_idx = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.int32) + (n_lo + lane)[None, :]
+    else:
+        acc_idx = tl.full((BLOCK_C, BLOCK_N), BIG_INDEX, dtype=tl.int32)
     a_base = a_ptr + bi * (sab * VEC_A)
     b_base = b_ptr + bi * (sbb * VEC_B)
     for start in range(n_lo, n_hi, BLOCK_N):
         n = start + lane
         m = c_ok[:, None] & (n < n_hi)[None, :]
+        if MASK == MASK_ROWS:
+            m = m & _real(valid_ptr, svb, bi, n, n < n_hi)[None, :]
         v = tl.load(a_base + _offsets(c64, n, sac, san, UNIT_A, VEC_A), mask=m, other=0.0).to(tl.float32)
         if PRODUCT:
             w = tl.load(b_base + _offsets(c64, n, sbc, sbn, UNIT_B, VEC_B), mask=m, other=0.0).to(tl.float32)
@@ -125,6 +152,8 @@ def reduce_kernel(
             else:
                 # Strictly greater keeps the first maximal position; a NaN takes the lane and stays.
                 upd = ((key > acc_max) | (key != key)) & (acc_max == acc_max)
+                if MASK != NO_MASK:  # a lane's first real position starts its max (also at -inf)
+                    upd = upd | (m & (acc_idx == BIG_INDEX))
                 acc_max = tl.where(upd, key, acc_max)
                 if NEED_IDX:
                     acc_idx = tl.where(upd, n[None, :], acc_idx)
@@ -233,14 +262,22 @@ def grad_input_kernel(
     sxb,
     sxc,
     sxn,
+    len_ptr,
+    valid_ptr,
+    svb,
     UNIT_D: tl.constexpr,
     UNIT_X: tl.constexpr,
     VEC_D: tl.constexpr,
     VEC_X: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    MASK: tl.constexpr = 0,
 ):
-    """dx = dy * ca + g_avg + (n == idx) * g_max, all per (b, c), in float32, rounded once."""
+    """dx = dy * ca + g_avg + (n == idx) * g_max, all per (b, c), in float32, rounded once.
+
+    With MASK, g_avg (already divided by the sample's count of real positions) reaches real positions
+    only: padding gets dy * ca.
+    """
     pid = tl.program_id(0)
     nb = pid % n_nblk
     t = pid // n_nblk
@@ -259,7 +296,12 @@ def grad_input_kernel(
     d = tl.load(dy_ptr + bi * (sdb * VEC_D) + _offsets(c64, n, sdc, sdn, UNIT_D, VEC_D), mask=m, other=0.0).to(
         tl.float32
     )
-    dx = d * g[:, None] + ga[:, None] + tl.where(n[None, :] == ix[:, None], gm[:, None], 0.0)
+    mean_part = ga[:, None]
+    if MASK == LENGTHS:
+        mean_part = tl.where((n < tl.load(len_ptr + bi).to(tl.int32))[None, :], mean_part, 0.0)
+    elif MASK == MASK_ROWS:
+        mean_part = tl.where(_real(valid_ptr, svb, bi, n, n < N)[None, :], mean_part, 0.0)
+    dx = d * g[:, None] + mean_part + tl.where(n[None, :] == ix[:, None], gm[:, None], 0.0)
     tl.store(
         dx_ptr + bi * (sxb * VEC_X) + _offsets(c64, n, sxc, sxn, UNIT_X, VEC_X), dx.to(dx_ptr.dtype.element_ty), mask=m
     )
