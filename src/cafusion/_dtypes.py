@@ -8,10 +8,7 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """The widest of ``dtypes`` and never below float32: statistics of float16/bfloat16 input and the
-    small (B, C) path accumulate in float32, float64 stays float64."""
-    out = torch.float32
-    for dtype in dtypes:
-        out = torch.promote_types(out, dtype)
-    return out
+def compute_dtype(dtype: torch.dtype, other: torch.dtype = torch.float32) -> torch.dtype:
+    """The wider of the two and never below float32: statistics of float16/bfloat16 input and the
+    small (B, C) path accumulate in float32, float64 stays float64. Two arguments: TorchScript compiles it."""
+    return torch.promote_types(torch.promote_types(dtype, torch.float32), other)

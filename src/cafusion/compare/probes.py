@@ -4,9 +4,11 @@ The softmax router of ``caft`` reads cat(avg, max) of the block's input and tend
 one path; once its softmax saturates it passes almost no gradient and stays there (docs/results.md,
 docs/router.md). The probes here are the same block with one change to the router, so that the
 paired comparison against ``caft`` is about that change alone: same weights, same state_dict keys,
-same initial weights for a seed, same diagnostics hook. With every option off a probe computes
-exactly what the block computes (tested). They live here rather than as options of
-``ChannelAttentionFusionT``; a remedy the comparison supports belongs in the block.
+same initial weights for a seed, same diagnostics hook. A probe runs the block's composite
+(``cafusion.functional.composite``) with itself as the router hook, so the router is the only thing
+that differs; with every option off it computes exactly what the block computes (tested). They live
+here rather than as options of ``ChannelAttentionFusionT``; a remedy the comparison supports belongs
+in the block.
 
 - ``caft_rn`` (``RouterNormProbe``): a LayerNorm (no affine) on the router's input.
 - ``caft_router`` (``RouterProbe``), every option off by default:
@@ -27,20 +29,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from cafusion.functional.composite import channel_attention_fusion
 from cafusion.layers.caft_layer import ChannelAttentionFusionTLayer
 from cafusion.layers.registry import list_attentions, register_attention
 
 NAME = "caft_rn"
 ROUTER = "caft_router"
-
-
-def _linear(s: Tensor, conv: nn.Module) -> Tensor:
-    """A 1x1 conv's weights applied to (B, C) statistics."""
-    weight, bias = conv.weight, conv.bias
-    assert isinstance(weight, Tensor) and (bias is None or isinstance(bias, Tensor))
-    return F.linear(s, weight.flatten(1), bias)
 
 
 class AuxLoss(torch.autograd.Function):
@@ -110,34 +106,30 @@ class RouterProbe(ChannelAttentionFusionTLayer):
         self.router_floor = float(router_floor)
         self.router_entropy = float(router_entropy)
         self.last_router_penalty: Tensor | None = None
+        self._router_logits: Tensor | None = None  # r of the forward in progress, for the entropy penalty
 
-    def router_logits(self, avg: Tensor, mx: Tensor) -> Tensor:
-        """r / tau: the router's two logits (B, 2) for the avg and max statistics."""
-        router_in = torch.cat([avg, mx], dim=1)
-        if self.router_norm:
-            router_in = F.layer_norm(router_in, router_in.shape[1:])
-        router = self.fusion_router
-        assert router is not None
-        r = _linear(F.relu(_linear(router_in, router[0])), router[2])
-        return r / self.router_tau if self.router_tau != 1.0 else r
+    def router_input(self, router_in: Tensor) -> Tensor:
+        """The composite's router hook: cat(avg, max), layer-normed with ``router_norm``."""
+        return F.layer_norm(router_in, router_in.shape[1:]) if self.router_norm else router_in
+
+    def router_softmax(self, logits: Tensor) -> Tensor:
+        """The composite's router hook: the weights from the logits r, w = softmax(r / tau), floored."""
+        r = logits / self.router_tau if self.router_tau != 1.0 else logits
+        self._router_logits = r
+        w = torch.softmax(r, dim=1)
+        return self.router_floor + (1 - 2 * self.router_floor) * w if self.router_floor else w
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
-        dims = tuple(range(2, x.dim()))
-        avg, mx = x.mean(dims), x.amax(dims)
-        act = F.relu if self.act == "relu" else F.silu
-        a = _linear(act(_linear(avg, self.fc1)), self.fc2)
-        m = _linear(act(_linear(mx, self.fc1)), self.fc2)
-        r = self.router_logits(avg, mx)
-        w = torch.softmax(r, dim=1)
-        if self.router_floor:
-            w = self.router_floor + (1 - 2 * self.router_floor) * w
-        temperature = self.get_T()
-        z = (w[:, 0:1] * a + w[:, 1:2] * m) / temperature
-        ca = torch.sigmoid(z) if self.gate == "sigmoid" else F.hardsigmoid(z)
-        for hook in getattr(self, "_inspectors", {}).values():  # FusionMonitor's diagnostics
-            hook(self, ca, w, temperature)
-        y: Tensor = x * ca.view(ca.shape + (1,) * len(dims))
-        if self.router_entropy and torch.is_grad_enabled() and r.requires_grad:
+        fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b = self._tensors()
+        assert fc1_w is not None and fc2_w is not None
+        t = self.get_T()
+        y, ca, w = channel_attention_fusion(
+            x, fc1_w, fc1_b, fc2_w, fc2_b, "softmax", r1_w, r1_b, r2_w, r2_b, t, self.gate, self.act, hook=self
+        )
+        r, self._router_logits = self._router_logits, None
+        for hook in self._inspectors.values():  # FusionMonitor's diagnostics
+            hook(self, ca, w, t)
+        if self.router_entropy and torch.is_grad_enabled() and r is not None and r.requires_grad:
             penalty = kl_to_uniform(r)
             self.last_router_penalty = penalty.detach()
             y = AuxLoss.apply(y, self.router_entropy * penalty)

@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cafusion import _validation as check
 from cafusion import masking
+from cafusion.functional import composite
+from cafusion.functional.temperature import temperature_from_raw
 from cafusion.layers._act import resolve_act
 from cafusion.layers.channel_attention_fusion_t import ChannelAttentionFusionT
 
@@ -76,43 +77,26 @@ class ChannelAttentionFusionTLayer(ChannelAttentionFusionT):
         y: Tensor = super().forward(x, lengths, mask)[0]
         return y
 
-    def _linear(self, s: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """A 1x1-conv weight holder applied to (B, C) statistics (as the functional form does)."""
-        b = bias
-        if b is not None:
-            b = b.to(s.dtype)
-        return F.linear(s, weight.flatten(1).to(s.dtype), b)
-
     def _forward_script(self, x: Tensor) -> Tensor:
-        """The block's math in the subset of Python that TorchScript compiles.
+        """The composite (``cafusion.functional.composite``), which TorchScript compiles, on this layer's tensors.
 
         The eager forward goes through ``cafusion.functional`` (argument checks, fast-path dispatch),
         which TorchScript cannot compile; ``torch.jit.script`` runs this instead. Parity with the eager
         forward is tested for every gate, fusion and temperature mode. Inspectors do not run here.
         """
-        flat = x.flatten(2)
-        acc = torch.promote_types(torch.promote_types(x.dtype, torch.float32), self.fc1.weight.dtype)
-        avg = flat.mean(-1, dtype=acc)
-        mx = flat.max(-1).values.to(acc)
-        stats = [avg, mx]
-        excited: list[Tensor] = []
-        for s in stats:
-            h = self._linear(s, self.fc1.weight, self.fc1.bias)
-            h = F.relu(h) if self.act == "relu" else F.silu(h)
-            excited.append(self._linear(h, self.fc2.weight, self.fc2.bias))
+        r1_w: Tensor | None = None
+        r1_b: Tensor | None = None
+        r2_w: Tensor | None = None
+        r2_b: Tensor | None = None
         router = self.fusion_router
         if router is not None:
-            r1, r2 = router[0], router[2]
-            hidden = F.relu(self._linear(torch.cat([avg, mx], 1), r1.weight, r1.bias))  # type: ignore[arg-type]
-            w = torch.softmax(self._linear(hidden, r2.weight, r2.bias), 1)  # type: ignore[arg-type]
-            z = w[:, 0:1] * excited[0] + w[:, 1:2] * excited[1]
-        else:
-            z = excited[0] + excited[1]
-        t = F.softplus(self.t_raw) + self.eps if hasattr(self, "t_raw") else self.T
-        z = z / t.to(z.dtype)
-        ca = torch.sigmoid(z) if self.gate == "sigmoid" else F.hardsigmoid(z)
-        shape = [ca.shape[0], ca.shape[1]] + [1] * (x.dim() - 2)
-        return x * ca.to(x.dtype).view(shape)
+            r1_w, r1_b, r2_w, r2_b = router[0].weight, router[0].bias, router[2].weight, router[2].bias  # type: ignore[assignment]
+        t = temperature_from_raw(self.t_raw, self.eps) if hasattr(self, "t_raw") else self.T
+        fc1, fc2 = self.fc1, self.fc2
+        out = composite.channel_attention_fusion(
+            x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.fusion, r1_w, r1_b, r2_w, r2_b, t, self.gate, self.act
+        )
+        return out.y
 
     def extra_repr(self) -> str:
         return super().extra_repr().replace(f", return_fusion_weights={self.return_fusion_weights}", "") + (
