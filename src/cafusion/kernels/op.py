@@ -182,14 +182,10 @@ def run(
     """(y, ca (B, C, 1, ...), fusion_w or None) through the op; ``params`` as ``Params`` orders them,
     ``valid`` the padding of a padded batch: the (B, N) mask of real positions, or the (B,) lengths of a
     (B, C, L) x (``cafusion.masking.valid_arg``), which each kernel range-checks before any work.
-
-    The first CPU call loads the native library, so that its kernels serve the call from the start.
     """
     fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature = params
     if fusion == "sum":  # the router does not take part; its tensors must get no gradient at all
         r1_w = r1_b = r2_w = r2_b = None
-    if x.is_cpu and not torch.compiler.is_compiling():
-        native.library()
     need_index = torch.is_grad_enabled() and x.requires_grad
     y, ca, fusion_w, *_ = caft_forward(
         x, valid, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, fusion, gate, act, need_index
