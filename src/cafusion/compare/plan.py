@@ -39,6 +39,7 @@ CSV_FIELDS = (
     "test_acc",
     "test_loss",
     "best_epoch",
+    "best_train_loss",
     "epochs",
     "batch_size",
     "params",
@@ -54,6 +55,7 @@ _JSON_FIELDS = (
     "test_acc",
     "test_loss",
     "best_epoch",
+    "best_train_loss",
     "batch_size",
     "params",
     "seconds_per_epoch",
@@ -220,6 +222,7 @@ def compact(result: dict[str, Any]) -> dict[str, Any]:
         "published_split": result.get("published_split", True),
         "settings": stored_settings(result),
         **{k: result[k] for k in ("test_acc", "test_loss", "best_epoch", "batch_size", "params")},
+        "best_train_loss": result.get("best_train_loss"),  # the loss that chose the tested model
         "seconds_per_epoch": result["seconds_per_epoch"],
         "budget_acc": dict(result.get("budget_acc", {})),
     }
