@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-triton-full lint docs-serve bench bench-quick gpu-check soak clean
+.PHONY: demo test test-triton-full lint build-native docs-serve bench bench-quick gpu-check soak clean
 
 $(STAMP): requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ lint: $(STAMP)
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
-test: lint
+# The C++ kernels compile (once per machine, ~1 min on 2 cores) while the linters run.
+build-native: $(STAMP)
 	$(PY) -m cafusion build-native
+
+test: $(STAMP)
+	$(MAKE) --no-print-directory -j2 lint build-native
 	$(PY) -m pytest -n 2 -q
 
 # cafusion bench: image table, shape sweep, bf16 autocast and whole networks, in a default process
