@@ -38,6 +38,7 @@ finished runs (resume) and rebuilds the report from all of them; --report-only o
 (this merges shards and job arrays).
 
 out: runs/*.json (one per run), report.json, report.md, runs.csv, <dataset>__<model>.png, cd_<model>.png.
+runs.csv holds what the report needs of every run: without runs/, --report-only rebuilds from it.
 """
 
 
@@ -121,7 +122,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="A,B,...",
         help="variant labels every other one is paired against in the report; default: %(default)s",
     )
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from the runs under --out")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild the report from the runs under --out (runs/*.json, else runs.csv)",
+    )
     p.add_argument("--no-figures", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (none anyway when not a TTY)")
     p.set_defaults(func=_run)
