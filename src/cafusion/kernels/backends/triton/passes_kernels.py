@@ -122,8 +122,12 @@ def reduce_kernel(
     lane = tl.arange(0, BLOCK_N)
     n_lo = s * chunk
     n_hi = tl.minimum(n_lo + chunk, N * VEC_N)  # N arrives divided by VEC_N: masks stay provably aligned
-    if MASK == LENGTHS:  # the row's real prefix ends at the sample's length: padding is never read
-        n_hi = tl.minimum(n_hi, tl.load(len_ptr + bi).to(tl.int32))
+    if MASK == LENGTHS:
+        # The row's real prefix ends at the sample's length: loads stop there, rounded up to VEC_N (a
+        # bound the compiler can prove aligned, so that they stay 128-bit; the rest of the padding is
+        # never read).
+        length = tl.load(len_ptr + bi).to(tl.int32)
+        n_hi = tl.minimum(n_hi, tl.cdiv(length, VEC_N) * VEC_N)
 
     acc_sum = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
     acc_max = tl.full((BLOCK_C, BLOCK_N), float("-inf"), dtype=tl.float32)
@@ -137,9 +141,14 @@ def reduce_kernel(
     for start in range(n_lo, n_hi, BLOCK_N):
         n = start + lane
         m = c_ok[:, None] & (n < n_hi)[None, :]
+        v = tl.load(a_base + _offsets(c64, n, sac, san, UNIT_A, VEC_A), mask=m, other=0.0).to(tl.float32)
+        # Real positions are selected after the load, whose mask then stays uniform per vector.
+        if MASK == LENGTHS:
+            m = m & (n < length)[None, :]
         if MASK == MASK_ROWS:
             m = m & _real(valid_ptr, svb, bi, n, n < n_hi)[None, :]
-        v = tl.load(a_base + _offsets(c64, n, sac, san, UNIT_A, VEC_A), mask=m, other=0.0).to(tl.float32)
+        if MASK != NO_MASK:
+            v = tl.where(m, v, 0.0)
         if PRODUCT:
             w = tl.load(b_base + _offsets(c64, n, sbc, sbn, UNIT_B, VEC_B), mask=m, other=0.0).to(tl.float32)
             acc_sum += v * w
