@@ -5,8 +5,10 @@ As in ``test_triton_kernels.py``, TRITON_INTERPRET=1 must be set before triton's
 so each group runs in a fresh subprocess (this file executed as a script). Run one group by hand
 with: ``TRITON_INTERPRET=1 python tests/test_triton_small.py configs``.
 
-How results are judged. Every field has small.py's shape, dtype and None-ness. Values: the forward
-fields and the per-sample gradients (of avg and max) equal small.py's float32 results elementwise
+How results are judged. The forward's fusion weights and gate (what the op reads; the other fields
+are the Triton backward's own inputs, judged through its gradients) and every gradient have small.py's
+shape, dtype and None-ness. Values: the forward outputs and the per-sample gradients (of avg and max)
+equal small.py's float32 results elementwise
 (rtol 1e-5; atol 1e-5, since both sum up to C products of O(1) terms in different orders). Every
 field, the batch sums (weight, bias and temperature gradients) included, is also compared with
 small.py run in float64: its error there (norm of the difference over norm of the float64 result)
@@ -26,7 +28,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -100,6 +102,17 @@ def _compare(
         assert e_tri <= max(2 * e_ref, floor), f"{where}: error vs float64 {e_tri:.3g} (small.py {e_ref:.3g})"
 
 
+class _Out(NamedTuple):
+    """The forward's outputs that the op reads, from either small path."""
+
+    w: Tensor | None
+    ca: Tensor
+
+
+def _out(fw: Any) -> _Out:
+    return _Out(fw.w, fw.ca)
+
+
 _PER_SAMPLE = {"s", "pre", "hid", "out", "cat", "q", "w", "t", "u", "ca", "avg", "mx"}
 
 
@@ -127,7 +140,7 @@ def _one(
     f_tri = TS.forward(avg, mx, p, fusion, gate, act)
     f_ref = small.forward(avg, mx, p, fusion, gate, act)
     f_64 = small.forward(avg.double(), mx.double(), _double(p), fusion, gate, act)
-    _compare(f"forward {what}", f_tri, f_ref, f_64, _PER_SAMPLE, atol)
+    _compare(f"forward {what}", _out(f_tri), _out(f_ref), _out(f_64), _PER_SAMPLE, atol)
     g_ca = torch.randn(b, c)
     g_w = torch.randn(b, 2) if with_g_w and fusion == "softmax" else None
     g_tri = TS.backward(f_tri, p, g_ca, g_w, fusion, gate, act)
@@ -190,7 +203,7 @@ def check_edges() -> int:
         f_ref = small.forward(empty, empty, p, fusion, gate, act)
         g_tri = TS.backward(f_tri, p, empty, None, fusion, gate, act)
         g_ref = small.backward(f_ref, p, empty, None, fusion, gate, act)
-        for a, b in itertools.chain(zip(f_tri, f_ref, strict=True), zip(g_tri, g_ref, strict=True)):
+        for a, b in itertools.chain(zip(_out(f_tri), _out(f_ref), strict=True), zip(g_tri, g_ref, strict=True)):
             assert (a is None) == (b is None)
             if a is not None:
                 assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), (config, a, b)

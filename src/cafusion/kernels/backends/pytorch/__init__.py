@@ -1,9 +1,11 @@
-"""The PyTorch backend: the fused op's forward and hand-written backward from plain torch calls.
+"""The PyTorch backend: the fused op's forward and backward from plain torch calls.
 
 It runs on any device (it is the op's ``CompositeExplicitAutograd`` kernel, so CPU without the native
 kernels, CUDA without Triton, any other device). The big passes (``passes``) and the small (B, C) path
 (``small``) are separate modules so that the Triton backend can reuse this composition with its own
-passes. Same names in every backend: ``forward`` and ``backward``.
+passes. The small path is the composite's (``cafusion.functional.composite.attend``), differentiated by
+autograd inside the kernel; the big passes' gradients are written out. Same names in every backend:
+``forward`` and ``backward``.
 """
 
 from __future__ import annotations
@@ -128,5 +130,5 @@ def backward(
     need_x: bool,
     valid: Tensor | None = None,
 ) -> Gradients:
-    """The op's hand-written backward in torch calls (see ``compose_backward``)."""
+    """The op's backward in torch calls (see ``compose_backward``)."""
     return compose_backward(passes, small, dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid)
