@@ -386,39 +386,50 @@ def check_block(t: object) -> int:
         {"fusion": "sum", "gate": "hardsigmoid", "act": "silu", "learnable_temperature": True, "temperature": 0.7},
     ]
     shapes = [(2, 8, 5, 3), (3, 8, 11), (1, 8, 40, 40)]  # 4-D, rank 3, and a split reduction
+    # Padded batches through the op and its autograd: lengths of a (B, C, L) x, and a mask of a 4-D map.
+    mask = torch.arange(15).view(1, 5, 3) % torch.tensor([2, 3]).view(2, 1, 1) == 1  # position 0 is padding
+    padded = {(3, 8, 11): {"lengths": torch.tensor([1, 11, 6])}, (2, 8, 5, 3): {"mask": mask}}
     count = 0
     for cfg in configs:
         for shape in shapes:
             for channels_last in (False, True) if len(shape) == 4 else (False,):
-                torch.manual_seed(count)
-                ref = ChannelAttentionFusionT(8, reduction=2, impl="reference", **cfg)  # type: ignore[arg-type]
-                fast = ChannelAttentionFusionT(8, reduction=2, impl="fast", **cfg)  # type: ignore[arg-type]
-                fast.load_state_dict(ref.state_dict())
-                x = torch.randint(-3, 4, shape).float() + 0.1 * torch.randn(shape).round()  # many ties
-                if channels_last:
-                    x = x.to(memory_format=torch.channels_last)
-                what = f"{cfg} {shape} channels_last={channels_last}"
-                outs, grads = [], []
-                for m in (ref, fast):
-                    xi = x.clone().requires_grad_(True)
-                    y, ca = m(xi)[:2]
-                    (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
-                    outs.append((y, ca))
-                    grads.append([xi.grad, *(p.grad for p in m.parameters())])
-                for a, b in zip(outs[0], outs[1], strict=True):
-                    _close(b, a, f"output {what}", rtol=1e-5, atol=1e-6)
-                fmt = torch.channels_last if channels_last else torch.contiguous_format
-                assert outs[1][0].is_contiguous(memory_format=fmt), f"y layout {what}"
-                for a, b in zip(grads[0], grads[1], strict=True):
-                    assert a is not None and b is not None, what
-                    _close(b, a, f"gradient {what}", rtol=1e-5, atol=1e-5)
-                count += 1
+                for padding in ({}, padded[shape]) if shape in padded and not channels_last else ({},):
+                    count += _check_block_case(ChannelAttentionFusionT, cfg, shape, channels_last, padding, count)
     assert calls["forward"] == calls["backward"] == count, calls  # every fast step ran on the Triton backend
     from cafusion.kernels.backends.triton import passes as triton_passes
 
     assert passes_used and all(ops is triton_passes for ops in passes_used)  # with the Triton passes
     del routed
     return count
+
+
+def _check_block_case(
+    cls: Any, cfg: dict[str, Any], shape: tuple[int, ...], channels_last: bool, padding: dict[str, Tensor], seed: int
+) -> int:
+    """One fast step (forward, backward) against impl="reference": outputs, y's layout, every gradient."""
+    torch.manual_seed(seed)
+    ref = cls(8, reduction=2, impl="reference", **cfg)
+    fast = cls(8, reduction=2, impl="fast", **cfg)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randint(-3, 4, shape).float() + 0.1 * torch.randn(shape).round()  # many ties
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    what = f"{cfg} {shape} channels_last={channels_last} padding={list(padding)}"
+    outs, grads = [], []
+    for m in (ref, fast):
+        xi = x.clone().requires_grad_(True)
+        y, ca = m(xi, **padding)[:2]
+        (y * torch.linspace(-1, 1, y.numel()).view(y.shape)).sum().backward()
+        outs.append((y, ca))
+        grads.append([xi.grad, *(p.grad for p in m.parameters())])
+    for a, b in zip(outs[0], outs[1], strict=True):
+        _close(b, a, f"output {what}", rtol=1e-5, atol=1e-6)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert outs[1][0].is_contiguous(memory_format=fmt), f"y layout {what}"
+    for a, b in zip(grads[0], grads[1], strict=True):
+        assert a is not None and b is not None, what
+        _close(b, a, f"gradient {what}", rtol=1e-5, atol=1e-5)
+    return 1
 
 
 def _counted(fn: Callable[..., Any], calls: dict[str, int], name: str) -> Callable[..., Any]:
