@@ -95,6 +95,8 @@ def backward(fw: Attended, p: Params, g_ca: Tensor, g_w: Tensor | None, fusion: 
     in the op's kernels) the autograd dispatch keys are excluded, and grad mode is off in a backward.
     """
     avg, mx, leaf_p = _leaf(fw.avg), _leaf(fw.mx), Params(*map(_leaf, p))
+    if fusion == "sum":  # the router takes no part: no gradients for it (the op passes None there anyway)
+        leaf_p = leaf_p._replace(r1_w=None, r1_b=None, r2_w=None, r2_b=None)
     with torch.enable_grad(), torch._C._SetExcludeDispatchKeyGuard(torch._C.DispatchKey.AutogradFunctionality, False):
         ca, w = composite.attend(avg, mx, *leaf_p[:4], fusion, *leaf_p[4:8], leaf_p.temperature, gate, act)
         outputs, grad_outputs = [ca], [g_ca.to(ca.dtype)]
