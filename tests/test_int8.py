@@ -30,9 +30,9 @@ from cafusion.training.demo import deterministic, load_digits, train_one  # noqa
 from cafusion.training.ucr import load_ucr  # noqa: E402
 
 Trained = tuple[nn.Module, Tensor, Tensor, Tensor]  # model, calibration (train split), test x, test y
-# Every conv and every linear runs int8: SmallCNN has 2 convs, FCN 3; each softmax block calls its
-# MLP twice (avg and max path, 2 linears each) and its router once (2 linears), plus the head.
-EXPECTED = {"digits": {"conv": 2, "linear": 2 * 6 + 1}, "fcn": {"conv": 3, "linear": 3 * 6 + 1}}
+# Every conv and every linear runs int8: SmallCNN has 2 convs, FCN 3; each softmax block runs its MLP
+# once on the stacked avg and max rows (2 linears) and its router once (2 linears), plus the head.
+EXPECTED = {"digits": {"conv": 2, "linear": 2 * 4 + 1}, "fcn": {"conv": 3, "linear": 3 * 4 + 1}}
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_export_a_train_run_folder_to_pt2e(cli: Any, tmp_path: Path, capsys: pyt
     args = ["export", str(run), "--int8", "pt2e", "--calibration", str(data), "--out", str(out), "--limit", "64"]
     assert cli(args) == 0
     text = capsys.readouterr().out
-    assert "calibrating on 64 samples" in text and "int8: conv2d x2, linear x13" in text and "agree on" in text
+    assert "calibrating on 64 samples" in text and "int8: conv2d x2, linear x9" in text and "agree on" in text
     with torch.no_grad():
         assert load_pt2e(out)(digits.x_test[:7]).shape == (7, 10)
 
