@@ -3,9 +3,10 @@
 The composition is the PyTorch backend's (``compose_forward``/``compose_backward``) with the Triton
 big-tensor passes (``passes``) and, for float32 statistics up to ``SMALL_MAX_C`` channels, the fused
 Triton small path (``small``); larger or float64 small paths use PyTorch's matmuls. A padded batch
-(``valid``: lengths or a mask) takes the same steps with the padding handed to the Triton passes, which
-pool real positions only (lengths: each row's prefix, without a mask) and give the mean's gradient to
-real positions only; the PyTorch composition would pool through its own masked passes. Triton is
+(``valid``: lengths or a mask) runs the same steps, written out here since the PyTorch composition
+would pool through its own masked passes: the padding goes to the Triton passes, which pool real
+positions only (lengths: each row's prefix, without a mask) and give the mean's gradient to real
+positions only. Triton is
 imported lazily: ``import cafusion`` never needs it, and under ``TRITON_INTERPRET=1`` the same
 kernels run on the CPU for tests.
 """
