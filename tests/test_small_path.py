@@ -20,7 +20,8 @@ def _params(c: int, h: int, r: int, dtype: torch.dtype = torch.float64) -> small
     def w(*shape: int) -> Tensor:
         return torch.randn(*shape, dtype=dtype)
 
-    return small.Params(w(h, c, 1, 1), w(h), w(c, h, 1, 1), w(c), w(r, 2 * c), w(r), w(2, r), w(2), w(()).exp())
+    temperature = torch.randn((), dtype=dtype).exp()
+    return small.Params(w(h, c, 1, 1), w(h), w(c, h, 1, 1), w(c), w(r, 2 * c), w(r), w(2, r), w(2), temperature)
 
 
 @pytest.mark.parametrize(("fusion", "gate", "act"), CONFIGS)
