@@ -36,7 +36,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 -q
 
 # cafusion bench: image table, shape sweep, bf16 autocast and whole networks, in a default process
-# (docs/performance.md, "Benchmark"); bench-quick is the small variant (~30 s).
+# (docs/performance.md, "Benchmark"); bench-quick is the small variant (small shapes, fp32, 5 rounds, no compile).
 bench: $(STAMP)
 	$(PY) -m cafusion bench
 

@@ -232,7 +232,7 @@ def checkpoints(tmp_path: Path) -> dict[str, str]:
 
 
 # One case per kind runs as a real subprocess; the rest call main() in-process (same handler, faster).
-# Every one is an argument the command cannot use, found before any work: exit status 2 (README).
+# Every one is an argument the command cannot use, found before any work: exit status 2 (docs/usage.md).
 BAD_INPUT = [
     (["demo", "--seeds", "0"], ["--seeds", "positive integer"], True),
     (["demo", "--quick", "--out", "{file}/sub"], ["--out", "cannot write to the output folder"], True),

@@ -163,7 +163,7 @@ def _error_case(tmp_path: Path, case: str) -> tuple[list[str | Path], str]:
     ],
 )
 def test_bad_input_gives_one_line_and_exit_status_2(tmp_path: Path, case: str) -> None:
-    """Every unusable argument (a value, a data file, a checkpoint, the run folder) exits 2 (README)."""
+    """Every unusable argument (a value, a data file, a checkpoint, the run folder) exits 2 (docs/usage.md)."""
     args, message = _error_case(tmp_path, case)
     epochs = [] if "--epochs" in args else ["--epochs", "1"]
     result = cafusion("train", "--out", tmp_path / "run", *args, *epochs, "--batch-size", "4", *TINY)
