@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(PY) -m cafusion demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
@@ -45,10 +45,10 @@ bench-quick: $(STAMP)
 
 # 30 consecutive two-process torchrun trainings on the CPU; prints the failure count (must be 0). Not CI: minutes.
 soak: $(STAMP)
-	$(PY) benchmarks/soak_torchrun.py --runs 30
+	$(PY) scripts/soak_torchrun.py --runs 30
 
 gpu-check: $(STAMP)
-	$(PY) benchmarks/gpu_check.py --out bench-results/gpu
+	$(PY) scripts/gpu_check.py --out bench-results/gpu
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cafusion._files import atomic_write, atomic_write_text
-from cafusion.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cafusion.training.config import TrainConfig, check_resume_compatible
+from cafusion.training.run_checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _state(seed: int) -> tuple[dict[str, torch.Tensor], dict[str, object]]:

@@ -180,7 +180,7 @@ def test_a_write_failing_mid_run_names_the_run_folder_and_exits_1(tmp_path: Path
     data, run = write_signals(tmp_path / "sig.npz"), tmp_path / "run"
     script = (
         "import errno, sys\n"
-        "from cafusion.training import checkpoint\n"
+        "from cafusion.training import run_checkpoint as checkpoint\n"
         "real = checkpoint.atomic_write\n"
         "def full(path, write):\n"
         "    if path.suffix == '.safetensors':\n"

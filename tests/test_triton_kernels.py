@@ -441,12 +441,12 @@ def _counted(fn: Callable[..., Any], calls: dict[str, int], name: str) -> Callab
 
 
 def check_gpu_check_script(t: object) -> int:
-    """benchmarks/gpu_check.py --dry-run: every code path of the GPU script, on the interpreter."""
+    """scripts/gpu_check.py --dry-run: every code path of the GPU script, on the interpreter."""
     import importlib.util
     import json
     import tempfile
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
     spec = importlib.util.spec_from_file_location("gpu_check", path)
     assert spec is not None and spec.loader is not None
     gpu_check = importlib.util.module_from_spec(spec)

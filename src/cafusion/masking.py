@@ -40,7 +40,7 @@ def valid_arg(x: Tensor, lengths: Tensor | None = None, mask: Tensor | None = No
     """The padding in the form the operator takes: ``lengths`` itself for a (B, C, L) x, else the mask.
 
     Building a (B, L) mask from lengths costs a third of a small block's forward (13 µs against 36 µs
-    at 32x16x16, ``benchmarks/profile_padding.py``), and the native kernels pool a prefix directly. So lengths
+    at 32x16x16, ``scripts/profile_padding.py``), and the native kernels pool a prefix directly. So lengths
     travel as they are, checked here for everything but their values, which whoever uses them checks
     before any work (``as_mask`` below, or the native kernel with the same message).
     """

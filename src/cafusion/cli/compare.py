@@ -293,7 +293,7 @@ def _check_model_and_data(config: Any) -> None:
 
     from cafusion.compare.runner import takes_lengths
     from cafusion.compare.sources import load_split
-    from cafusion.training.models import ModelSpec, build_model
+    from cafusion.training.model_factory import ModelSpec, build_model
 
     for source in config.data:
         split = load_split(source, config.first_seed, config.test_fraction, config.norm)

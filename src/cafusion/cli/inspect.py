@@ -121,8 +121,8 @@ def check_fits(x: Any, name: str, config: dict[str, Any], source: str) -> None:
 
 def _load_training_checkpoint(path: str) -> tuple[Any, str, dict[str, Any]]:
     """A ``cafusion train`` checkpoint: its JSON sidecar (older ones: its training state) holds the model spec."""
-    from cafusion.training.checkpoint import load_checkpoint
-    from cafusion.training.models import ModelSpec, build_model
+    from cafusion.training.model_factory import ModelSpec, build_model
+    from cafusion.training.run_checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, with_state=False)  # the sidecar names the model: no optimizer needed
     if ckpt.model_spec is None:  # written before sidecars carried the spec: it is in the state

@@ -89,7 +89,7 @@ def _exit_worker(code: int) -> None:
     DDP keeps the gloo process group, and so its worker threads, alive past
     ``destroy_process_group``; a worker thread that releases a finished collective's tensors while
     the interpreter finalises needs the GIL and aborts the process ("terminate called without an
-    active exception", ``benchmarks/soak_torchrun.py``). Every file of the run is already written
+    active exception", ``scripts/soak_torchrun.py``). Every file of the run is already written
     and synced, so nothing is lost by skipping finalisation.
     """
     sys.stdout.flush()

@@ -32,7 +32,7 @@ from cafusion.diagnostics import FusionMonitor
 from cafusion.layers import ChannelAttentionFusionT
 from cafusion.models import recipe
 from cafusion.models.recipe import epoch_order
-from cafusion.training.models import ModelSpec, build_model
+from cafusion.training.model_factory import ModelSpec, build_model
 
 EpochHook = Callable[[int], None]
 COLLAPSED = 0.01  # a router whose mean w_avg is below this (or above 1 - this) has collapsed to one path

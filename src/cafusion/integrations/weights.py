@@ -2,7 +2,7 @@
 
 Everything that stores a state_dict goes through here: the public :func:`save_weights` /
 :func:`load_weights`, the demo's and ``inspect``'s model checkpoints (``cafusion.models.checkpoint``)
-and the trainer's checkpoints (``cafusion.training.checkpoint``). So there is one rule for what is
+and the trainer's checkpoints (``cafusion.training.run_checkpoint``). So there is one rule for what is
 written (detached, contiguous CPU tensors that share no memory, which safetensors requires) and one
 error for a file that cannot be read (:class:`WeightsError`, one line naming the file). torch files
 are read with ``weights_only=True``: a weights file never runs code.

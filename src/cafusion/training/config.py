@@ -15,7 +15,7 @@ from typing import Any
 
 from cafusion import _validation as check
 from cafusion.training.distributed import DIST_BN
-from cafusion.training.models import NORMS
+from cafusion.training.model_factory import NORMS
 
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")

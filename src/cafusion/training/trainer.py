@@ -40,18 +40,18 @@ from torch.utils.data import DistributedSampler
 from cafusion._files import atomic_write_text
 from cafusion.diagnostics import FusionMonitor
 from cafusion.training import distributed as dist_utils
-from cafusion.training.checkpoint import (
+from cafusion.training.config import TrainConfig, check_resume_compatible
+from cafusion.training.data import load_dataset, split_dataset
+from cafusion.training.dataset import DataError, Dataset
+from cafusion.training.distributed import DistContext
+from cafusion.training.model_factory import ModelSpec, build_model
+from cafusion.training.run_checkpoint import (
     POINTER,
     CheckpointError,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
 )
-from cafusion.training.config import TrainConfig, check_resume_compatible
-from cafusion.training.data import load_dataset, split_dataset
-from cafusion.training.dataset import DataError, Dataset
-from cafusion.training.distributed import DistContext
-from cafusion.training.models import ModelSpec, build_model
 
 Printer = Callable[[str], None]
 

@@ -36,7 +36,7 @@ _MAX_SPLITS = 64
 _PROGRAMS_PER_SM = 4  # reductions split N until about this many programs per SM run
 _FLAT_MAX_N = 1 << 16
 # pool_stats without the index: a plain NaN-propagating running max (fewer instructions per element)
-# instead of the argmax bookkeeping; False selects the previous variant (benchmarks/gpu_check.py times both).
+# instead of the argmax bookkeeping; False selects the previous variant (scripts/gpu_check.py times both).
 _PLAIN_MAX = True
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 

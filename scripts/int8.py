@@ -13,7 +13,7 @@ training split, and compared with the float model on the test split:
   deployment path; ONNX: both files in an ORT CPU session);
 - which operators run int8 (``cafusion.integrations.quantize.int8_ops``).
 
-    python benchmarks/int8.py
+    python scripts/int8.py
 
 Prints a table and writes ``--out``/int8.json. Latency needs a quiet machine to mean much.
 """

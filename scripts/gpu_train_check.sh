@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check of `cafusion train` on CUDA: mixed precision (bf16 autocast, fp16 with grad
 # scaling), fp32, resume, a timm model, 1D signals, and torchrun with nccl. Tiny generated data; a few
-# seconds each. Usage (repo root, on a CUDA machine): bash benchmarks/gpu_train_check.sh OUT_DIR
+# seconds each. Usage (repo root, on a CUDA machine): bash scripts/gpu_train_check.sh OUT_DIR
 set -euo pipefail
 out=${1:-${OUT:-bench-results/gpu-train}}
 mkdir -p "$out"

@@ -1,6 +1,6 @@
 """The benchmarks of ``cafusion bench`` (block table, shape sweep, autocast, networks; see docs/performance.md).
 
-Usage: ``python benchmarks/run_block.py [--quick] [--out DIR] [...]``; same flags as ``cafusion bench``.
+Usage: ``python scripts/run_block.py [--quick] [--out DIR] [...]``; same flags as ``cafusion bench``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
    Triton kernels (``triton_small``) checked against ``small.py`` (float32, and float64 as the truth),
    and both timed forward and backward as CUDA-graph replays at the benchmark widths.
 
-Usage (repo root): ``PYTHONPATH=src python benchmarks/gpu_check.py --out DIR``. The reference module is
+Usage (repo root): ``PYTHONPATH=src python scripts/gpu_check.py --out DIR``. The reference module is
 looked up at ``--reference``, ``.gpu/``, ``shared/seed/`` and ``../shared/seed/``. Without a GPU the
 script says so and exits 2; ``TRITON_INTERPRET=1 ... --dry-run`` runs every code path on the CPU
 (Triton's interpreter, tiny shapes, wall-clock timing) to check the script itself.
@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cpu")
     elif not torch.cuda.is_available():
         print(f"gpu_check: no CUDA device here (torch {torch.__version__}); nothing to check. Run it on a GPU machine,")
-        print("           or check the script itself with: TRITON_INTERPRET=1 python benchmarks/gpu_check.py --dry-run")
+        print("           or check the script itself with: TRITON_INTERPRET=1 python scripts/gpu_check.py --dry-run")
         return 2
     else:
         device = torch.device("cuda")

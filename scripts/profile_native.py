@@ -4,7 +4,7 @@ PyTorch primitives (and with the output cache off), and the per-call costs that 
 The block benchmark (``make bench``) times whole blocks; this script says where their time goes, so
 that the figures in docs/performance.md can be re-measured:
 
-    python benchmarks/profile_native.py --out bench-results/profile-native
+    python scripts/profile_native.py --out bench-results/profile-native
 
 Prints one table per shape and writes ``profile.json``. Times are medians in ms (per-call costs in µs).
 """

@@ -6,7 +6,7 @@
    ``choose_pool_variant``; this prints both timings and the choice).
 
 Single thread, thread CPU time (so another process on the machine does not inflate it), medians.
-Prints a table and writes JSON: ``python benchmarks/small_path_rule.py [--out bench-results]``.
+Prints a table and writes JSON: ``python scripts/small_path_rule.py [--out bench-results]``.
 """
 
 from __future__ import annotations

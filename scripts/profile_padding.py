@@ -7,7 +7,7 @@ Two probes, each in a default process:
 2. Pooling rows in part: the native ``pool_stats`` over 100x256x1000 float32 without padding, with
    random lengths in [L/2, L], and with every length 750, 500 and L, on 1 and 2 threads.
 
-    python benchmarks/profile_padding.py
+    python scripts/profile_padding.py
 
 Prints the figures and writes ``--out``/profile_padding.json. Medians of timed repeats.
 """

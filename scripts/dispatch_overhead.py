@@ -5,7 +5,7 @@ A do-nothing op (it clones a (100, 25, 8) tensor) is timed three ways: an ``auto
 ``torch.library`` op with ``register_autograd`` (Python autograd through the dispatcher), and a
 ``custom_op``; plus cafusion's own op (C++ autograd when the native kernels are built) on the same
 shape. Forward alone and a training step (forward + backward). Median of 5 runs, 2 threads. Prints a
-table and writes JSON: ``python benchmarks/dispatch_overhead.py [--out bench-results]``.
+table and writes JSON: ``python scripts/dispatch_overhead.py [--out bench-results]``.
 """
 
 from __future__ import annotations
