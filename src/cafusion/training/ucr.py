@@ -42,7 +42,6 @@ from torch import Tensor
 
 from cafusion.training.dataset import DataError, Dataset
 
-PREFIX = "ucr:"
 ARCHIVE_ENV = "CAFUSION_UCR_ARCHIVE"
 CACHE_ENV = "CAFUSION_UCR_CACHE"
 # "auto": as Fawaz et al. 2019 (univariate: per series; multivariate: the archive's values).
