@@ -240,7 +240,7 @@ SMALL_CONFIGS = [
 
 def _small_params(c: int, h: int, r: int, bias: bool, temp: Tensor, device: torch.device) -> Any:
     """Random weights at PyTorch-init scale, conv-shaped (C, H, 1, 1) like the module's."""
-    from cafusion.kernels.backends.pytorch import small
+    from cafusion.kernels.contract import Weights
 
     def w(*shape: int) -> Tensor:
         return torch.randn(*shape, device=device) / shape[1] ** 0.5
@@ -248,11 +248,11 @@ def _small_params(c: int, h: int, r: int, bias: bool, temp: Tensor, device: torc
     def b(n: int) -> Tensor | None:
         return 0.5 * torch.randn(n, device=device) if bias else None
 
-    return small.Params(w(h, c, 1, 1), b(h), w(c, h, 1, 1), b(c), w(r, 2 * c), b(r), w(2, r), b(2), temp)
+    return Weights(w(h, c, 1, 1), b(h), w(c, h, 1, 1), b(c), w(r, 2 * c), b(r), w(2, r), b(2), temp)
 
 
 def check_small_path(checks: Checks, device: torch.device, dry: bool) -> None:
-    """triton_small against small.py: every Forward field and every gradient.
+    """triton_small against small.py: the forward's outputs (w, ca) and every gradient.
 
     Per-sample fields elementwise against small.py in float32 (rtol 1e-5, atol 1e-5 / min(T, 1)); every
     field's error against small.py in float64 at most twice small.py's own (floor 1e-6 for per-sample
@@ -262,6 +262,7 @@ def check_small_path(checks: Checks, device: torch.device, dry: bool) -> None:
     from cafusion.kernels.backends import triton
     from cafusion.kernels.backends.pytorch import small
     from cafusion.kernels.backends.triton import small as triton_small
+    from cafusion.kernels.contract import Options
 
     if not dry:
         probe, probe_p = torch.zeros(2, 64, 3, device=device), _small_params(64, 4, 16, True, torch.tensor(1.0), device)
@@ -293,16 +294,17 @@ def check_small_path(checks: Checks, device: torch.device, dry: bool) -> None:
                 avg[0, 0] = float("nan")  # sample 0 turns NaN (and every batch sum); the others stay exact
             g_ca = torch.randn(b, c, device=device)
             g_w = torch.randn(b, 2, device=device) if fusion == "softmax" and i % 4 < 2 else None
-            f_tri = triton_small.forward(avg, mx, p, fusion, gate, act)
-            f_ref = small.forward(avg, mx, p, fusion, gate, act)
-            f_64 = small.forward(avg.double(), mx.double(), p64, fusion, gate, act)
-            g_tri = triton_small.backward(f_tri, p, g_ca, g_w, fusion, gate, act)
-            g_ref = small.backward(f_ref, p, g_ca, g_w, fusion, gate, act)
+            f_tri = triton_small.forward(avg, mx, p, Options(fusion, gate, act))
+            f_ref = small.forward(avg, mx, p, Options(fusion, gate, act))
+            f_64 = small.forward(avg.double(), mx.double(), p64, Options(fusion, gate, act))
+            g_tri = triton_small.backward(f_tri, p, g_ca, g_w, Options(fusion, gate, act))
+            g_ref = small.backward(f_ref, p, g_ca, g_w, Options(fusion, gate, act))
             g64 = None if g_w is None else g_w.double()
-            g_64 = small.backward(f_64, p64, g_ca.double(), g64, fusion, gate, act)
+            g_64 = small.backward(f_64, p64, g_ca.double(), g64, Options(fusion, gate, act))
             atol = 1e-5 * max(1.0, 1.0 / float(temp))
-            for tri, ref, truth in ((f_tri, f_ref, f_64), (g_tri, g_ref, g_64)):
-                for name, a, r_, t in zip(ref._fields, tri, ref, truth, strict=True):
+            outs = [(f.w, f.ca) for f in (f_tri, f_ref, f_64)]  # the forward's outputs, which the op reads
+            for names, tri, ref, truth in ((("w", "ca"), *outs), (g_ref._fields, g_tri, g_ref, g_64)):
+                for name, a, r_, t in zip(names, tri, ref, truth, strict=True):
                     if r_ is None:
                         assert a is None, f"{name} should be None"
                         continue
@@ -492,8 +494,10 @@ def time_small_path(timer: Timer, shapes: list[tuple[int, ...]]) -> list[dict[st
     """
     from cafusion.kernels.backends.pytorch import small
     from cafusion.kernels.backends.triton import small as triton_small
+    from cafusion.kernels.contract import Options
 
     device = timer.device
+    opts = Options("softmax", "sigmoid", "relu")
     rows: list[dict[str, Any]] = []
     for shape in shapes:
         b, c = shape[0], shape[1]
@@ -505,13 +509,13 @@ def time_small_path(timer: Timer, shapes: list[tuple[int, ...]]) -> list[dict[st
         row: dict[str, Any] = {"shape": list(shape), "B": b, "C": c, "H": h, "R": 16}
         args = (avg, mx, p, g_ca, g_w)
         for name, mod in (("torch", small), ("triton", triton_small)):
-            fw = mod.forward(avg, mx, p, "softmax", "sigmoid", "relu")
+            fw = mod.forward(avg, mx, p, opts)
 
             def fwd(mod: Any = mod, a: tuple[Any, ...] = args) -> object:
-                return mod.forward(a[0], a[1], a[2], "softmax", "sigmoid", "relu")
+                return mod.forward(a[0], a[1], a[2], opts)
 
             def bwd(mod: Any = mod, fw: Any = fw, a: tuple[Any, ...] = args) -> object:
-                return mod.backward(fw, a[2], a[3], a[4], "softmax", "sigmoid", "relu")
+                return mod.backward(fw, a[2], a[3], a[4], opts)
 
             for what, fn in (("fwd", fwd), ("bwd", bwd)):
                 row[f"small_{name}_{what}_ms"] = timer(graphed(fn, [])) if device.type == "cuda" else timer(fn)

@@ -31,14 +31,14 @@ if __package__ in (None, ""):
 
 from cafusion import ChannelAttentionFusionT, masking
 from cafusion.functional import composite
-from cafusion.kernels.backends.pytorch.small import Params
+from cafusion.kernels.contract import Options, Saved, Weights
 from tests.parity import CONFIG_AXES, all_configs, config_id
 
 SHAPES = {1: (3, 8, 7), 2: (2, 8, 3, 5), 3: (2, 8, 2, 3, 4)}
 LAYOUTS = ("contiguous", "channels_last", "strided")
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 TOLERANCE = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 2e-2)}
-NAMES = ("y", "ca", "fusion_w", "dx", *(f"d_{f}" for f in Params._fields))
+NAMES = ("y", "ca", "fusion_w", "dx", *(f"d_{f}" for f in Weights._fields))
 
 assert len(all_configs()) == 64 and list(CONFIG_AXES)[-1] == "return_fusion_weights"
 
@@ -96,7 +96,7 @@ def make_x(case: Case, seed: int) -> Tensor:
     return x
 
 
-def make_params(case: Case, seed: int) -> Params:
+def make_params(case: Case, seed: int) -> Weights:
     """The block's tensors for this configuration (weights in float64 for float64 x, else float32)."""
     torch.manual_seed(seed)
     cfg = {k: v for k, v in case.config.items() if k != "return_fusion_weights"}
@@ -106,7 +106,7 @@ def make_params(case: Case, seed: int) -> Params:
         for p in block.parameters():
             p.add_(0.3 * torch.randn_like(p))
     weights = [None if t is None else t.detach() for t in block._tensors()]
-    return Params(*weights, block.get_T().detach().clone())
+    return Weights(*weights, block.get_T().detach().clone())
 
 
 def upstream(case: Case, y: Tensor, ca: Tensor, w: Tensor, seed: int) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -121,7 +121,7 @@ def upstream(case: Case, y: Tensor, ca: Tensor, w: Tensor, seed: int) -> tuple[T
     return draw(y, case.dtype), draw(ca, case.dtype), draw(w, wdtype) if wants_w else None
 
 
-def truth(case: Case, x: Tensor, p: Params, seed: int, wide: torch.dtype | None = None) -> dict[str, Tensor | None]:
+def truth(case: Case, x: Tensor, p: Weights, seed: int, wide: torch.dtype | None = None) -> dict[str, Tensor | None]:
     """Outputs and gradients of the composite, by autograd (``wide``: in that dtype, on the same values)."""
     xs = x.detach().to(wide or x.dtype).requires_grad_(True)
     ps = [None if t is None else t.detach().to(wide or t.dtype).requires_grad_(True) for t in p]
@@ -142,31 +142,31 @@ def truth(case: Case, x: Tensor, p: Params, seed: int, wide: torch.dtype | None 
     return dict(zip(NAMES, [y, ca2, w, *found], strict=True))
 
 
-def _direct(backend: Any) -> Callable[[Case, Tensor, Params, int], dict[str, Tensor | None]]:
+def _direct(backend: Any) -> Callable[[Case, Tensor, Weights, int], dict[str, Tensor | None]]:
     """A backend module's forward and hand-written backward, called directly."""
 
-    def run(case: Case, x: Tensor, p: Params, seed: int) -> dict[str, Tensor | None]:
+    def run(case: Case, x: Tensor, p: Weights, seed: int) -> dict[str, Tensor | None]:
         fusion, gate, act = case.config["fusion"], case.config["gate"], case.config["act"]
         if fusion == "sum":
             p = p._replace(r1_w=None, r1_b=None, r2_w=None, r2_b=None)
         valid = make_valid(case, seed)
-        y, ca, w, avg, mx, idx = backend.forward(x, p, fusion, gate, act, True, valid)
+        y, ca, w, avg, mx, idx = backend.forward(x, p, Options(fusion, gate, act), True, valid)
         gy, gca, gw = upstream(case, y, ca, w, seed)
-        dx, *dp = backend.backward(gy, gca, gw, x, avg, mx, idx, p, fusion, gate, act, True, valid)
+        dx, *dp = backend.backward(gy, gca, gw, x, Saved(avg, mx, idx), p, Options(fusion, gate, act), True, valid)
         dp = [None if t is None else d for d, t in zip(dp, p, strict=True)]
         return dict(zip(NAMES, [y, ca, w, dx, *dp], strict=True))
 
     return run
 
 
-def _through_op(case: Case, x: Tensor, p: Params, seed: int) -> dict[str, Tensor | None]:
+def _through_op(case: Case, x: Tensor, p: Weights, seed: int) -> dict[str, Tensor | None]:
     """The registered operator through the dispatcher and autograd, as the block runs it."""
     from cafusion.kernels import op
 
     xs = x.detach().clone().requires_grad_(True)
-    ps = [None if t is None else t.detach().clone().requires_grad_(True) for t in p]
+    ps = Weights._make(None if t is None else t.detach().clone().requires_grad_(True) for t in p)
     fusion, gate, act = case.config["fusion"], case.config["gate"], case.config["act"]
-    y, ca, w = op.run(xs, ps, fusion, gate, act, make_valid(case, seed))
+    y, ca, w = op.run(xs, ps, Options(fusion, gate, act), make_valid(case, seed))
     w = w if w is not None else y.new_empty((x.shape[0], 0), dtype=ca.dtype)
     ca2 = ca.flatten(1)
     gy, gca, gw = upstream(case, y, ca2, w, seed)
@@ -181,7 +181,7 @@ def _through_op(case: Case, x: Tensor, p: Params, seed: int) -> dict[str, Tensor
     return dict(zip(NAMES, [y, ca2, w, *found], strict=True))
 
 
-def backend_runner(name: str) -> Callable[[Case, Tensor, Params, int], dict[str, Tensor | None]]:
+def backend_runner(name: str) -> Callable[[Case, Tensor, Weights, int], dict[str, Tensor | None]]:
     if name == "pytorch":
         from cafusion.kernels.backends import pytorch
 

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from cafusion.functional import composite
 from cafusion.kernels.backends.pytorch import small
+from cafusion.kernels.contract import Options, SmallGrads, Weights
 from cafusion.layers.caft_layer import ChannelAttentionFusionTLayer
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
@@ -16,12 +17,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:Futu
 CONFIGS = [("softmax", "sigmoid", "relu"), ("softmax", "hardsigmoid", "silu"), ("sum", "hardsigmoid", "relu")]
 
 
-def _params(c: int, h: int, r: int, dtype: torch.dtype = torch.float64) -> small.Params:
+def _params(c: int, h: int, r: int, dtype: torch.dtype = torch.float64) -> Weights:
     def w(*shape: int) -> Tensor:
         return torch.randn(*shape, dtype=dtype)
 
     temperature = torch.randn((), dtype=dtype).exp()
-    return small.Params(w(h, c, 1, 1), w(h), w(c, h, 1, 1), w(c), w(r, 2 * c), w(r), w(2, r), w(2), temperature)
+    return Weights(w(h, c, 1, 1), w(h), w(c, h, 1, 1), w(c), w(r, 2 * c), w(r), w(2, r), w(2), temperature)
 
 
 @pytest.mark.parametrize(("fusion", "gate", "act"), CONFIGS)
@@ -53,8 +54,8 @@ def test_backward_is_autograd_of_attend_even_below_the_autograd_key(fusion: str,
     avg[1, 2] = float("nan")  # sample 1 turns NaN, the others stay exact
     g_ca, g_w = torch.randn(b, c, dtype=torch.float64), torch.randn(b, 2, dtype=torch.float64)
     with torch.no_grad(), torch._C._AutoDispatchBelowAutograd():
-        fw = small.forward(avg, mx, p, fusion, gate, act)
-        got = small.backward(fw, p, g_ca, g_w if fusion == "softmax" else None, fusion, gate, act)
+        fw = small.forward(avg, mx, p, Options(fusion, gate, act))
+        got = small.backward(fw, p, g_ca, g_w if fusion == "softmax" else None, Options(fusion, gate, act))
 
     leaves = [None if t is None else t.clone().requires_grad_() for t in (avg, mx, *p)]
     s_avg, s_mx, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature = leaves
@@ -66,7 +67,7 @@ def test_backward_is_autograd_of_attend_even_below_the_autograd_key(fusion: str,
     outputs = [ca] if w is None else [ca, w]
     wanted = [t for t in leaves if t is not None]
     want = iter(torch.autograd.grad(outputs, wanted, [g_ca, g_w][: len(outputs)]))
-    for name, g, leaf in zip(small.Grads._fields, got, leaves, strict=True):
+    for name, g, leaf in zip(SmallGrads._fields, got, leaves, strict=True):
         if leaf is None:
             assert g is None, name
             continue

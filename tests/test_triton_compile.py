@@ -24,11 +24,11 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
 from triton.runtime.jit import JITFunction
 
-from cafusion.kernels.backends.pytorch import small
 from cafusion.kernels.backends.triton import passes as triton_ops
 from cafusion.kernels.backends.triton import passes_kernels as triton_kernels
 from cafusion.kernels.backends.triton import small as triton_small
 from cafusion.kernels.backends.triton import small_kernels as triton_small_kernels
+from cafusion.kernels.contract import Options, Weights
 
 PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 H200_SMS = 132
@@ -172,10 +172,10 @@ def test_small_path_compiles_without_spills(
         ws += [torch.empty(r, 2 * c), torch.empty(r), torch.empty(2, r), torch.empty(2)]
         if not bias:
             ws[1::2] = [None] * 4
-        p = small.Params(*ws, torch.tensor(1.0))
+        p = Weights(*ws, torch.tensor(1.0))
         stats = torch.empty(b, c)
-        fw = triton_small.forward(stats, stats, p, fusion, gate, act)
-        triton_small.backward(fw, p, stats, torch.empty(b, 2), fusion, gate, act)
+        fw = triton_small.forward(stats, stats, p, Options(fusion, gate, act))
+        triton_small.backward(fw, p, stats, torch.empty(b, 2), Options(fusion, gate, act))
     names = [name for name, _ in compiled]
     assert names.count("small_forward_kernel") == 3 and names.count("small_backward_weights_kernel") == 3, names
     for name, kernel in compiled:

@@ -23,9 +23,9 @@ import cafusion.kernels.backends.triton as triton_backend
 from cafusion.kernels import op
 from cafusion.kernels.backends import pytorch
 from cafusion.kernels.backends.pytorch import small as pytorch_small
-from cafusion.kernels.backends.pytorch.small import Params
 from cafusion.kernels.backends.triton import passes
 from cafusion.kernels.backends.triton import small as triton_small
+from cafusion.kernels.contract import Weights
 from tests import opcall
 
 
@@ -45,10 +45,10 @@ def _fake_cuda_shaped(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     return SimpleNamespace(is_cuda=True, dtype=dtype, device=device, shape=shape)  # type: ignore[return-value]
 
 
-def _params(channels: int, dtype: torch.dtype = torch.float32) -> Params:
+def _params(channels: int, dtype: torch.dtype = torch.float32) -> Weights:
     h = max(1, channels // 16)
     fc1_w, fc2_w = torch.empty(h, channels, 1, 1, dtype=dtype), torch.empty(channels, h, 1, 1, dtype=dtype)
-    return Params(fc1_w, None, fc2_w, None, None, None, None, None, torch.tensor(1.0, dtype=dtype))
+    return Weights(fc1_w, None, fc2_w, None, None, None, None, None, torch.tensor(1.0, dtype=dtype))
 
 
 @pytest.fixture

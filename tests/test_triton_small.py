@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from cafusion.kernels.backends.pytorch import small
+from cafusion.kernels.contract import Options, Weights
 
 GROUPS = ("configs", "shapes", "edges", "block", "gpu_check", "plain_max")
 
@@ -59,7 +60,7 @@ def test_small_path_under_interpreter(group: str) -> None:
 CONFIGS = list(itertools.product(("softmax", "sum"), ("sigmoid", "hardsigmoid"), ("relu", "silu"), (True, False)))
 
 
-def _params(c: int, h: int, r: int, bias: bool, temp: Tensor, dtype: torch.dtype = torch.float32) -> small.Params:
+def _params(c: int, h: int, r: int, bias: bool, temp: Tensor, dtype: torch.dtype = torch.float32) -> Weights:
     """Random weights at PyTorch-init scale; fc weights conv-shaped (C, H, 1, 1) as the module holds them."""
 
     def w(*shape: int) -> Tensor:
@@ -68,11 +69,11 @@ def _params(c: int, h: int, r: int, bias: bool, temp: Tensor, dtype: torch.dtype
     def b(n: int) -> Tensor | None:
         return (0.5 * torch.randn(n)).to(dtype) if bias else None
 
-    return small.Params(w(h, c, 1, 1), b(h), w(c, h, 1, 1), b(c), w(r, 2 * c), b(r), w(2, r), b(2), temp)
+    return Weights(w(h, c, 1, 1), b(h), w(c, h, 1, 1), b(c), w(r, 2 * c), b(r), w(2, r), b(2), temp)
 
 
-def _double(p: small.Params) -> small.Params:
-    return small.Params(*(None if t is None else t.double() for t in p))
+def _double(p: Weights) -> Weights:
+    return Weights(*(None if t is None else t.double() for t in p))
 
 
 def _rel_err(got: Tensor, truth: Tensor) -> float:
@@ -137,15 +138,17 @@ def _one(
     avg, mx = stats if stats is not None else (torch.randn(b, c), 2 * torch.randn(b, c))
     what = f"{config} B={b} C={c} H={h} R={r} T{tuple(temp.shape)}={float(temp):.3g} g_w={with_g_w} {dtype}"
     atol = 1e-5 * max(1.0, 1.0 / float(temp))  # u = z / T and g_z = g_u / T scale z's rounding by 1 / T
-    f_tri = TS.forward(avg, mx, p, fusion, gate, act)
-    f_ref = small.forward(avg, mx, p, fusion, gate, act)
-    f_64 = small.forward(avg.double(), mx.double(), _double(p), fusion, gate, act)
+    f_tri = TS.forward(avg, mx, p, Options(fusion, gate, act))
+    f_ref = small.forward(avg, mx, p, Options(fusion, gate, act))
+    f_64 = small.forward(avg.double(), mx.double(), _double(p), Options(fusion, gate, act))
     _compare(f"forward {what}", _out(f_tri), _out(f_ref), _out(f_64), _PER_SAMPLE, atol)
     g_ca = torch.randn(b, c)
     g_w = torch.randn(b, 2) if with_g_w and fusion == "softmax" else None
-    g_tri = TS.backward(f_tri, p, g_ca, g_w, fusion, gate, act)
-    g_ref = small.backward(f_ref, p, g_ca, g_w, fusion, gate, act)
-    g_64 = small.backward(f_64, _double(p), g_ca.double(), None if g_w is None else g_w.double(), fusion, gate, act)
+    g_tri = TS.backward(f_tri, p, g_ca, g_w, Options(fusion, gate, act))
+    g_ref = small.backward(f_ref, p, g_ca, g_w, Options(fusion, gate, act))
+    g_64 = small.backward(
+        f_64, _double(p), g_ca.double(), None if g_w is None else g_w.double(), Options(fusion, gate, act)
+    )
     _compare(f"backward {what}", g_tri, g_ref, g_64, _PER_SAMPLE, atol)
 
 
@@ -199,10 +202,10 @@ def check_edges() -> int:
         fusion, gate, act, bias = config
         p = _params(8, 4, 16, bias, torch.tensor(0.7))
         empty = torch.zeros(0, 8)
-        f_tri = TS.forward(empty, empty, p, fusion, gate, act)
-        f_ref = small.forward(empty, empty, p, fusion, gate, act)
-        g_tri = TS.backward(f_tri, p, empty, None, fusion, gate, act)
-        g_ref = small.backward(f_ref, p, empty, None, fusion, gate, act)
+        f_tri = TS.forward(empty, empty, p, Options(fusion, gate, act))
+        f_ref = small.forward(empty, empty, p, Options(fusion, gate, act))
+        g_tri = TS.backward(f_tri, p, empty, None, Options(fusion, gate, act))
+        g_ref = small.backward(f_ref, p, empty, None, Options(fusion, gate, act))
         for a, b in itertools.chain(zip(_out(f_tri), _out(f_ref), strict=True), zip(g_tri, g_ref, strict=True)):
             assert (a is None) == (b is None)
             if a is not None:

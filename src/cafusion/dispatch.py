@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from cafusion import masking
-from cafusion._dtypes import FLOAT_DTYPES, compute_dtype
+from cafusion._dtypes import FLOAT_DTYPES
 from cafusion.functional import composite
 from cafusion.kernels import op
 from cafusion.kernels.backends import native
+from cafusion.kernels.contract import Options, Weights, reference
 
 IMPLS = ("auto", "fast", "reference")
 
@@ -91,18 +92,13 @@ def run(
     ``valid``: the padding of a padded batch as ``masking.valid_arg`` gives it ((B, N) mask, or (B,)
     lengths of a (B, C, L) x, checked but for their values), or None.
     """
-    fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b = weights
-    assert fc1_w is not None and fc2_w is not None
+    opts = Options(fusion, gate, act)
     if impl != "reference":
         reason = blocker(x, weights, temperature, impl)
         if reason is None:
             if x.is_cpu and not torch.compiler.is_compiling():
                 cpu_kernels_ready()  # loaded before the op's first call, so its C++ kernels serve it
-            if not isinstance(temperature, Tensor):
-                temperature = torch.tensor(temperature, dtype=compute_dtype(x.dtype, fc1_w.dtype), device=x.device)
-            return composite.FusionOutput(*op.run(x, [*weights, temperature], fusion, gate, act, valid))
+            return composite.FusionOutput(*op.run(x, Weights.build(weights, temperature, x), opts, valid))
         if impl == "fast":
             raise RuntimeError(f"impl='fast' cannot run here: {reason}; use impl='auto' or 'reference'")
-    return composite.channel_attention_fusion(
-        x, fc1_w, fc1_b, fc2_w, fc2_b, fusion, r1_w, r1_b, r2_w, r2_b, temperature, gate, act, masking.as_mask(valid, x)
-    )
+    return reference(x, weights, temperature, opts, masking.as_mask(valid, x))

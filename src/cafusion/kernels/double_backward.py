@@ -14,10 +14,7 @@ import torch
 from torch import Tensor
 
 from cafusion import masking
-from cafusion.functional.composite import channel_attention_fusion
-from cafusion.kernels.backends.pytorch.small import Params
-
-_N_PARAMS = len(Params._fields)
+from cafusion.kernels.contract import N_WEIGHTS, Options, Weights, reference
 
 
 def differentiable_backward(x: Tensor, valid: Tensor | None, *args: Any) -> list[Tensor | None]:
@@ -27,15 +24,15 @@ def differentiable_backward(x: Tensor, valid: Tensor | None, *args: Any) -> list
     The hand-written backward has no graph of its own, so the reference composite is re-run on the saved
     inputs and differentiated by autograd instead: slower, but exact and differentiable to any order.
     """
-    p = Params(*args[:_N_PARAMS])
-    fusion, gate, act, dy, g_ca, g_w = args[_N_PARAMS:]
-    valid = masking.as_mask(valid, x, check=False)
+    w = Weights.of(args)
+    fusion, gate, act, dy, g_ca, g_w = args[N_WEIGHTS:]
+    mask = masking.as_mask(valid, x, check=False)
     with torch.enable_grad():
-        y, ca, fusion_w = channel_attention_fusion(x, *p[:4], fusion, *p[4:8], p.temperature, gate, act, valid)
+        y, ca, fusion_w = reference(x, w[: N_WEIGHTS - 1], w.temperature, Options(fusion, gate, act), mask)
     pairs = [(y, dy), (ca.flatten(1), g_ca), (fusion_w, g_w)]
     outputs = [o for o, g in pairs if o is not None and g is not None and g.numel()]
     grad_outputs = [g for o, g in pairs if o is not None and g is not None and g.numel()]
-    inputs = [x, *p]
+    inputs = [x, *w]
     wanted = [t for t in inputs if t is not None and t.requires_grad]
     found = torch.autograd.grad(outputs, wanted, grad_outputs, create_graph=True, allow_unused=True)
     by_id = {id(t): g for t, g in zip(wanted, found, strict=True)}

@@ -29,25 +29,34 @@ from torch import Tensor
 
 from cafusion._dtypes import compute_dtype
 from cafusion.kernels.backends import native, pytorch, triton
-from cafusion.kernels.backends.pytorch.small import Params
+from cafusion.kernels.contract import (
+    N_WEIGHTS,
+    SCHEMA_OPTIONS,
+    SCHEMA_WEIGHTS,
+    Backend,
+    Gradients,
+    Options,
+    Outputs,
+    Saved,
+    Weights,
+)
 from cafusion.kernels.double_backward import differentiable_backward
 
-_PARAMS = (
-    "Tensor fc1_w, Tensor? fc1_b, Tensor fc2_w, Tensor? fc2_b, "
-    "Tensor? r1_w, Tensor? r1_b, Tensor? r2_w, Tensor? r2_b, Tensor temperature"
-)
-_CONFIG = "str fusion, str gate, str act"
-_N_PARAMS = len(Params._fields)
+BACKENDS: tuple[Backend, ...] = (native, pytorch, triton)  # mypy holds each backend module to the contract
+
+
+def _tensors(names: tuple[str, ...]) -> str:
+    return ", ".join(["Tensor"] * len(names))
+
 
 _lib: Any = torch.library.Library("cafusion", "DEF")  # type: ignore[no-untyped-call]
 _lib.define(
-    f"caft_forward(Tensor x, Tensor? valid, {_PARAMS}, {_CONFIG}, bool need_index) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    f"caft_forward(Tensor x, Tensor? valid, {SCHEMA_WEIGHTS}, {SCHEMA_OPTIONS}, bool need_index) "
+    f"-> ({_tensors(Outputs._fields)})"
 )
 _lib.define(
     f"caft_backward(Tensor dy, Tensor? g_ca, Tensor? g_fusion_w, Tensor x, Tensor? valid, Tensor avg, Tensor mx, "
-    "Tensor idx, "
-    f"{_PARAMS}, {_CONFIG}, bool need_x) -> ({', '.join(['Tensor'] * (1 + _N_PARAMS))})"
+    f"Tensor idx, {SCHEMA_WEIGHTS}, {SCHEMA_OPTIONS}, bool need_x) -> ({_tensors(Gradients._fields)})"
 )
 caft_forward = torch.ops.cafusion.caft_forward.default
 caft_backward = torch.ops.cafusion.caft_backward.default
@@ -57,49 +66,46 @@ caft_backward = torch.ops.cafusion.caft_backward.default
 # Kernels per device
 
 
-def _any_backend(x: Tensor) -> Any:
+def _any_backend(x: Tensor) -> Backend:
     """PyTorch; on the CPU the first call builds/loads the native library, which then takes over the CPU key."""
     return native if x.is_cpu and native.library() is not None else pytorch
 
 
-def _forward_any(x: Tensor, valid: Tensor | None, *args: Any) -> tuple[Tensor, ...]:
-    fusion, gate, act, need_index = args[_N_PARAMS:]
-    out: tuple[Tensor, ...] = _any_backend(x).forward(
-        x, Params(*args[:_N_PARAMS]), fusion, gate, act, need_index, valid
-    )
-    return out
+def _cuda_backend(x: Tensor) -> Backend:
+    return triton if triton.is_available(x) else pytorch
 
 
-def _backward_any(
-    dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, valid: Tensor | None, *args: Any
-) -> tuple[Tensor, ...]:
-    avg, mx, idx = args[:3]
-    fusion, gate, act, need_x = args[3 + _N_PARAMS :]
-    p = Params(*args[3 : 3 + _N_PARAMS])
-    out: tuple[Tensor, ...] = _any_backend(x).backward(
-        dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid
-    )
-    return out
+def _forward_args(args: tuple[Any, ...]) -> tuple[Weights, Options, bool]:
+    """The op's flat arguments after (x, valid): the weights, the options, need_index."""
+    return Weights.of(args), Options(*args[N_WEIGHTS : N_WEIGHTS + 3]), args[N_WEIGHTS + 3]
 
 
-def _forward_cuda(x: Tensor, valid: Tensor | None, *args: Any) -> tuple[Tensor, ...]:
-    fusion, gate, act, need_index = args[_N_PARAMS:]
-    backend = triton if triton.is_available(x) else pytorch
-    out: tuple[Tensor, ...] = backend.forward(x, Params(*args[:_N_PARAMS]), fusion, gate, act, need_index, valid)
-    return out
+def _backward_args(args: tuple[Any, ...]) -> tuple[Saved, Weights, Options, bool]:
+    """caft_backward's flat arguments after (dy, g_ca, g_fusion_w, x, valid)."""
+    saved, rest = Saved(*args[:3]), args[3:]
+    return saved, Weights.of(rest), Options(*rest[N_WEIGHTS : N_WEIGHTS + 3]), rest[N_WEIGHTS + 3]
 
 
-def _backward_cuda(
-    dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, valid: Tensor | None, *args: Any
-) -> tuple[Tensor, ...]:
-    avg, mx, idx = args[:3]
-    fusion, gate, act, need_x = args[3 + _N_PARAMS :]
-    backend = triton if triton.is_available(x) else pytorch
-    p = Params(*args[3 : 3 + _N_PARAMS])
-    out: tuple[Tensor, ...] = backend.backward(dy, g_ca, g_w, x, avg, mx, idx, p, fusion, gate, act, need_x, valid)
-    return out
+def _forward_on(choose: Any) -> Any:
+    def kernel(x: Tensor, valid: Tensor | None, *args: Any) -> tuple[Tensor, ...]:
+        w, opts, need_index = _forward_args(args)
+        return tuple(choose(x).forward(x, w, opts, need_index, valid))
+
+    return kernel
 
 
+def _backward_on(choose: Any) -> Any:
+    def kernel(
+        dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, valid: Tensor | None, *args: Any
+    ) -> tuple[Tensor, ...]:
+        saved, w, opts, need_x = _backward_args(args)
+        return tuple(choose(x).backward(dy, g_ca, g_w, x, saved, w, opts, need_x, valid))
+
+    return kernel
+
+
+_forward_any, _backward_any = _forward_on(_any_backend), _backward_on(_any_backend)
+_forward_cuda, _backward_cuda = _forward_on(_cuda_backend), _backward_on(_cuda_backend)
 _lib.impl("caft_forward", _forward_any, "CompositeExplicitAutograd")
 _lib.impl("caft_backward", _backward_any, "CompositeExplicitAutograd")
 _lib.impl("caft_forward", _forward_cuda, "CUDA")
@@ -107,8 +113,9 @@ _lib.impl("caft_backward", _backward_cuda, "CUDA")
 
 
 @torch.library.register_fake("cafusion::caft_forward")  # type: ignore[untyped-decorator]
-def _forward_fake(x: Tensor, valid: Tensor | None, fc1_w: Tensor, *args: Any) -> tuple[Tensor, ...]:
-    fusion, need_index = args[_N_PARAMS - 1], args[-1]
+def _forward_fake(x: Tensor, valid: Tensor | None, *args: Any) -> tuple[Tensor, ...]:
+    w, opts, need_index = _forward_args(args)
+    fusion, fc1_w = opts.fusion, w.fc1_w
     b, c = x.shape[0], x.shape[1]
     acc = compute_dtype(x.dtype)
     dtype = compute_dtype(acc, fc1_w.dtype)
@@ -122,9 +129,9 @@ def _forward_fake(x: Tensor, valid: Tensor | None, fc1_w: Tensor, *args: Any) ->
 def _backward_fake(
     dy: Tensor, g_ca: Tensor | None, g_w: Tensor | None, x: Tensor, valid: Tensor | None, *args: Any
 ) -> tuple[Tensor, ...]:
-    params, need_x = args[3 : 3 + _N_PARAMS], args[-1]
+    _, w, _, need_x = _backward_args(args)
     dx = pytorch.unflat(torch.empty_like(dy.flatten(2)), x) if need_x else pytorch.empty(x)
-    return (dx, *(pytorch.empty(x) if t is None else torch.empty_like(t) for t in params))
+    return (dx, *(pytorch.empty(x) if t is None else torch.empty_like(t) for t in w))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -132,8 +139,8 @@ def _backward_fake(
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    x, valid, *params = inputs[: 2 + _N_PARAMS]
-    ctx.config = inputs[2 + _N_PARAMS : 5 + _N_PARAMS]
+    x, valid, *params = inputs[: 2 + N_WEIGHTS]
+    ctx.config = inputs[2 + N_WEIGHTS : 5 + N_WEIGHTS]
     ctx.need_x = bool(ctx.needs_input_grad[0])
     _, _, _, avg, mx, idx = output
     ctx.mark_non_differentiable(avg, mx, idx)
@@ -176,19 +183,14 @@ for _key in (torch._C.DispatchKey.AutocastCPU, torch._C.DispatchKey.AutocastCUDA
 # The call the dispatcher (cafusion.dispatch) makes
 
 
-def run(
-    x: Tensor, params: list[Tensor | None], fusion: str, gate: str, act: str, valid: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(y, ca (B, C, 1, ...), fusion_w or None) through the op; ``params`` as ``Params`` orders them,
-    ``valid`` the padding of a padded batch: the (B, N) mask of real positions, or the (B,) lengths of a
-    (B, C, L) x (``cafusion.masking.valid_arg``), which each kernel range-checks before any work.
+def run(x: Tensor, w: Weights, opts: Options, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(y, ca (B, C, 1, ...), fusion_w or None) through the op; ``valid`` the padding of a padded batch: the
+    (B, N) mask of real positions, or the (B,) lengths of a (B, C, L) x (``cafusion.masking.valid_arg``),
+    which each kernel range-checks before any work.
     """
-    fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature = params
-    if fusion == "sum":  # the router does not take part; its tensors must get no gradient at all
-        r1_w = r1_b = r2_w = r2_b = None
+    if opts.fusion == "sum":  # the router does not take part; its tensors must get no gradient at all
+        w = w.without_router()
     need_index = torch.is_grad_enabled() and x.requires_grad
-    y, ca, fusion_w, *_ = caft_forward(
-        x, valid, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, fusion, gate, act, need_index
-    )
+    y, ca, fusion_w, *_ = caft_forward(x, valid, *w, *opts, need_index)
     ca = ca.view(ca.shape + (1,) * (x.dim() - 2))
-    return y, ca, fusion_w if fusion == "softmax" else None
+    return y, ca, fusion_w if opts.fusion == "softmax" else None

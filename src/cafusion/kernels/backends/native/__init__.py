@@ -23,12 +23,14 @@ import platform
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import torch
 from torch import Tensor
+
+from cafusion.kernels.contract import Gradients, Options, Outputs, Saved, Weights
 
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "caft_cpu.cpp"  # includes the headers beside it
@@ -202,17 +204,9 @@ def _caller_level() -> int:
     return level
 
 
-def forward(
-    x: Tensor,
-    p: Sequence[Tensor | None],
-    fusion: str,
-    gate: str,
-    act: str,
-    need_index: bool,
-    valid: Tensor | None = None,
-) -> tuple[Tensor, ...]:
-    """The op's CPU forward in the compiled kernels, with every backend's signature (``p``: ``Params``)."""
-    return tuple(_loaded().forward(x, valid, *p, fusion, gate, act, need_index))
+def forward(x: Tensor, w: Weights, opts: Options, need_index: bool, valid: Tensor | None = None) -> Outputs:
+    """The op's CPU forward in the compiled kernels (the schema's argument order)."""
+    return Outputs._make(_loaded().forward(x, valid, *w, *opts, need_index))
 
 
 def backward(
@@ -220,18 +214,14 @@ def backward(
     g_ca: Tensor | None,
     g_w: Tensor | None,
     x: Tensor,
-    avg: Tensor,
-    mx: Tensor,
-    idx: Tensor,
-    p: Sequence[Tensor | None],
-    fusion: str,
-    gate: str,
-    act: str,
+    saved: Saved,
+    w: Weights,
+    opts: Options,
     need_x: bool,
     valid: Tensor | None = None,
-) -> tuple[Tensor, ...]:
-    """The op's CPU backward in the compiled kernels, with every backend's signature."""
-    return tuple(_loaded().backward(dy, g_ca, g_w, x, valid, avg, mx, idx, *p, fusion, gate, act, need_x))
+) -> Gradients:
+    """The op's CPU backward in the compiled kernels (the schema's argument order)."""
+    return Gradients._make(_loaded().backward(dy, g_ca, g_w, x, valid, *saved, *w, *opts, need_x))
 
 
 def _loaded() -> ModuleType:

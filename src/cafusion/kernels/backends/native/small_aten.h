@@ -10,7 +10,8 @@
 
 namespace cafusion {
 
-// The small path on (B, C) matrices: cafusion/kernels/backends/pytorch/small.py, op for op.
+// The small path on (B, C) matrices: cafusion/functional/composite.py's attend, op for op (one MLP call on
+// the stacked avg/max rows), with its backward written out.
 
 inline Tensor mat(const Tensor& w, at::ScalarType dtype) { return cast(w.flatten(1), dtype); }
 inline OptTensor vec(const OptTensor& b, at::ScalarType dtype) {

@@ -2,7 +2,7 @@
 //
 // At 1x64x7x7 the ~15 ATen calls of the forward and ~40 of the backward (each a dispatch and an
 // allocation, about 2-3 µs here) cost ten times the arithmetic. These loops do the same math as
-// cafusion/kernels/backends/pytorch/small.py (same formulas, same NaN behaviour) without any of that; the ATen version
+// cafusion/functional/composite.py's attend (same formulas, same NaN behaviour) without any of that; the ATen version
 // (small_aten.h) takes over when B*C*H is large and matrix-multiply kernels win.
 #pragma once
 

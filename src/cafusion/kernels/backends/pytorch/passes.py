@@ -12,11 +12,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cafusion import masking
 from cafusion._dtypes import compute_dtype
 
 # Elements per chunk for the product-then-sum of grad_ca: small enough that the temporary stays in
 # cache, large enough that the per-chunk Python overhead is negligible.
 _CHUNK = 1 << 20
+
+
+def padding(valid: Tensor, x: Tensor, *, check: bool) -> Tensor:
+    """The padding as these passes take it: the (B, N) mask of real positions (lengths become one after
+    their range check, ``check``: a backward's forward already checked them)."""
+    mask = masking.as_mask(valid, x, check=check)
+    assert mask is not None
+    return mask
+
+
+def count(valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """Real positions per sample of a ``padding`` mask, (B, 1) in ``dtype``."""
+    return valid.sum(dim=1, keepdim=True, dtype=dtype)
 
 
 def pool_stats(x3: Tensor, need_index: bool, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:

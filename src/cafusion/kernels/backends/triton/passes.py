@@ -26,6 +26,9 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from cafusion import masking
+from cafusion._validation import checks_run
+
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Tile sizes, from a sweep on an H200 (docs/gpu.md): elementwise passes stream best with 8 KiB of x
 # per tile (2048 float32 / 4096 bf16 elements); reductions with 2048 elements whatever the dtype
@@ -302,6 +305,20 @@ def pool_stats(x3: Tensor, need_index: bool, valid: Tensor | None = None) -> tup
     if valid is None:
         return total, mx, idx
     return total / count(valid, torch.float32), mx, idx
+
+
+def padding(valid: Tensor, x: Tensor, *, check: bool) -> Tensor:
+    """The padding as the Triton passes take it: lengths (B,) of a (B, C, L) x as they are, range-checked
+    (``check``; a backward's forward checked them, and the check syncs the GPU), else the (B, N) mask."""
+    if valid.dtype == torch.bool or x.dim() != 3:
+        mask = masking.as_mask(valid, x, check=check)
+        assert mask is not None
+        return mask
+    size = x.shape[2]
+    if check and checks_run() and valid.numel() and not bool(((valid >= 1) & (valid <= size)).all()):
+        bad = valid[(valid < 1) | (valid > size)][0].item()
+        raise ValueError(f"lengths must lie in [1, {size}] (the last dim of x), got {bad}")
+    return valid
 
 
 def count(valid: Tensor, dtype: torch.dtype) -> Tensor:

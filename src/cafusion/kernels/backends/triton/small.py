@@ -1,8 +1,9 @@
 """The small (B, C) path as fused Triton kernels: ``small.forward``/``small.backward`` in 1 + 2 launches.
 
-Same contract as the PyTorch backend's ``small.py`` (the same ``Forward``/``Grads`` fields, shapes and dtypes),
-for float32 compute on a CUDA device; ``dispatch.small_path`` picks it, ``small`` runs everywhere else
-(CPU, float64). In PyTorch the small path is ~15 launches forward and ~35 backward, each tiny, which
+The same contract as the PyTorch backend's ``small.py`` (``forward`` gives the gate and the fusion
+weights, ``backward`` the ``contract.SmallGrads``), for float32 compute on a CUDA device; the Triton
+backend picks it up to ``SMALL_MAX_C`` channels, the PyTorch small path runs everywhere else (CPU,
+float64). In PyTorch the small path is ~15 launches forward and ~35 backward, each tiny, which
 on a GPU cost as much as the four big-tensor passes together. Triton is imported lazily, as in
 ``passes.py``.
 """
@@ -11,12 +12,32 @@ from __future__ import annotations
 
 import functools
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from cafusion.kernels.backends.pytorch import small
 from cafusion.kernels.backends.triton import passes as triton_ops
+from cafusion.kernels.contract import Options, SmallGrads, Weights
+
+
+class Forward(NamedTuple):
+    """The forward's intermediates, which the backward kernels read: all (B, *) matrices in float32."""
+
+    s: Tensor  # (2B, C): avg rows, then max rows
+    pre: Tensor  # (2B, H): fc1 output before the activation
+    hid: Tensor  # (2B, H): after the activation
+    out: Tensor  # (2B, C): fc2 output, rows a then m
+    cat: Tensor | None  # (B, 2C): router input
+    q: Tensor | None  # (B, R): router hidden before ReLU
+    w: Tensor | None  # (B, 2): fusion weights
+    t: Tensor  # () temperature
+    u: Tensor  # (B, C): z / T
+    ca: Tensor  # (B, C): gate(u)
+
+
+# torch's hardsigmoid_backward multiplies by 1/6 rounded to float32 even for float64 tensors: the same here.
+ONE_SIXTH = float(torch.tensor(1.0 / 6.0, dtype=torch.float32))
 
 _TILE = 4096  # elements of a weight tile per loop step (32 registers per thread at 4 warps)
 _NUM_WARPS = 4
@@ -67,7 +88,7 @@ def _vec(t: Tensor | None, like: Tensor) -> Tensor:
     return like if t is None else t.contiguous()
 
 
-def _check(avg: Tensor, mx: Tensor, p: small.Params) -> tuple[int, int, int, int]:
+def _check(avg: Tensor, mx: Tensor, p: Weights) -> tuple[int, int, int, int]:
     b, c = avg.shape
     if mx.shape != avg.shape:
         raise ValueError(f"avg and mx must have the same shape, got {tuple(avg.shape)} and {tuple(mx.shape)}")
@@ -78,15 +99,16 @@ def _check(avg: Tensor, mx: Tensor, p: small.Params) -> tuple[int, int, int, int
     return b, c, h, r
 
 
-def forward(avg: Tensor, mx: Tensor, p: small.Params, fusion: str, gate: str, act: str) -> small.Forward:
-    """``small.forward`` in one launch: avg, mx (B, C) float32 -> ca and every intermediate."""
+def forward(avg: Tensor, mx: Tensor, p: Weights, opts: Options) -> Forward:
+    """The small path's forward in one launch: avg, mx (B, C) float32 -> ca, w and every intermediate."""
     b, c, h, r = _check(avg, mx, p)
+    fusion, gate, act = opts
     softmax = fusion == "softmax"
     new = functools.partial(torch.empty, device=avg.device, dtype=torch.float32)
     s, pre, hid, out = new(2 * b, c), new(2 * b, h), new(2 * b, h), new(2 * b, c)
     cat, q, w = (new(b, 2 * c), new(b, r), new(b, 2)) if softmax else (None, None, None)
     t, u, ca = new(()), new(b, c), new(b, c)
-    fw = small.Forward(s, pre, hid, out, cat, q, w, t, u, ca)
+    fw = Forward(s, pre, hid, out, cat, q, w, t, u, ca)
     if b == 0:
         t.copy_(p.temperature.reshape(()))
         return fw
@@ -142,10 +164,9 @@ def _like(param: Tensor | None) -> Tensor | None:
     return None if param is None else torch.empty(param.shape, device=param.device, dtype=param.dtype)
 
 
-def backward(
-    fw: small.Forward, p: small.Params, g_ca: Tensor, g_w: Tensor | None, fusion: str, gate: str, act: str
-) -> small.Grads:
-    """``small.backward`` in two launches: per-sample vectors (grid B), then batch sums (grid over C tiles)."""
+def backward(fw: Forward, p: Weights, g_ca: Tensor, g_w: Tensor | None, opts: Options) -> SmallGrads:
+    """The small path's backward in two launches: per-sample vectors (grid B), then batch sums (grid over C tiles)."""
+    fusion, gate, act = opts
     b, c = fw.u.shape
     h = fw.pre.shape[1]
     softmax = fusion == "softmax"
@@ -153,7 +174,7 @@ def backward(
     dev = fw.u.device
     new = functools.partial(torch.empty, device=dev, dtype=torch.float32)
     g_avg, g_mx = new(b, c), new(b, c)
-    grads = small.Grads(
+    grads = SmallGrads(
         g_avg,
         g_mx,
         torch.empty(p.fc1_w.shape, device=dev, dtype=p.fc1_w.dtype),
@@ -208,7 +229,7 @@ def backward(
             HARD=gate == "hardsigmoid",
             SILU=act == "silu",
             HAS_GW=softmax and g_w is not None,
-            ONE_SIXTH=small._ONE_SIXTH,
+            ONE_SIXTH=ONE_SIXTH,
             BLOCK_C=block_c,
             **config,
         )
