@@ -37,9 +37,8 @@ def cpu_kernels_ready() -> bool:
 
 
 def _functorch_active() -> bool:
-    """True inside vmap/grad/jacrev; a private probe, so a torch without it counts as 'not active'."""
-    if torch.compiler.is_compiling():  # dynamo answers this probe with its own tracing state
-        return False
+    """True inside vmap/grad/jacrev (not compiling: dynamo answers this probe with its own tracing
+    state); a private probe, so a torch without it counts as 'not active'."""
     peek = getattr(torch._C._functorch, "peek_interpreter_stack", None)
     return peek is not None and peek() is not None
 
@@ -47,16 +46,18 @@ def _functorch_active() -> bool:
 def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float, impl: str = "fast") -> str | None:
     """Why the op cannot (or, for impl="auto", should not) run this call; None when it runs.
 
-    ``weights``: the MLP and router weights and biases (absent ones None).
+    ``weights``: the MLP and router weights and biases (absent ones None). An eager CPU call loads the
+    C++ kernels here (``cpu_kernels_ready``), before the op's first call, so that they serve it.
     """
     if torch.jit.is_scripting() or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
         return "TorchScript scripting/tracing is active"
-    if torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if compiling:
         if impl == "auto" and torch.compiler.is_exporting():
             return "torch.export is active (impl='auto' exports the portable composite)"
         if torch.onnx.is_in_onnx_export():
             return "ONNX export is active"
-    if _functorch_active():
+    elif _functorch_active():
         return "a functorch transform (vmap/grad/jacrev) is active"
     if x.dtype not in FLOAT_DTYPES:
         return f"x has dtype {x.dtype}"
@@ -69,7 +70,7 @@ def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float
     # is_cpu is a flag; .device builds an object (~0.4 µs each, ten of them per call at small maps)
     if any(not t.is_cpu for t in tensors) if x.is_cpu else any(t.device != x.device for t in tensors):
         return "the weights, temperature and x are on different devices"
-    if impl == "auto" and x.is_cpu and not torch.compiler.is_compiling() and not cpu_kernels_ready():
+    if x.is_cpu and not compiling and not cpu_kernels_ready() and impl == "auto":
         # Measured: without the C++ kernels the op's PyTorch backend was slower than the composite in 9
         # of 12 rows of `CAFUSION_NATIVE=0 cafusion bench --quick --sweep 1d,2d,3d` (0.67-0.98x).
         return "the C++ CPU kernels are not available (no compiler, or CAFUSION_NATIVE=0)"
@@ -96,8 +97,6 @@ def run(
     if impl != "reference":
         reason = blocker(x, weights, temperature, impl)
         if reason is None:
-            if x.is_cpu and not torch.compiler.is_compiling():
-                cpu_kernels_ready()  # loaded before the op's first call, so its C++ kernels serve it
             return composite.FusionOutput(*op.run(x, Weights.build(weights, temperature, x), opts, valid))
         if impl == "fast":
             raise RuntimeError(f"impl='fast' cannot run here: {reason}; use impl='auto' or 'reference'")
