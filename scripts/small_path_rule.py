@@ -56,7 +56,9 @@ def median_us(fn: Callable[[], object], calls: int, repeats: int = 7) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench-results", help="folder for small_path_rule.json")
+    parser.add_argument("--shapes", help="comma-separated BxCx..., instead of the default list")
     args = parser.parse_args()
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")] if args.shapes else SHAPES
     lib = native.library()
     if lib is None:
         print("the native CPU kernels are not available here")
@@ -65,7 +67,7 @@ def main() -> int:
     default = lib.direct_max()
     rows = []
     print(f"{'shape':>18} {'loops fwd':>10} {'aten fwd':>10} {'loops step':>11} {'aten step':>10}  rule picks")
-    for shape in SHAPES:
+    for shape in shapes:
         x = torch.randn(*shape)
         block = ChannelAttentionFusionTLayer(shape[1], reduction=4)
         xg = x.clone().requires_grad_(True)
