@@ -101,9 +101,9 @@ def main() -> int:
     lib.set_gather_rows(chosen)
     lib.set_gather_max_n(limit)
     print(
-        f"this process pools rows up to {limit} positions through the gathers ({native.GATHER_ENV}=1)"
+        f"this process pools rows up to {limit} positions through the gathers (measured, or {native.GATHER_ENV})"
         if chosen
-        else f"this process pools every row without the gathers (the default; {native.GATHER_ENV}=1 turns them on)"
+        else f"this process pools every row without the gathers (measured, or {native.GATHER_ENV}=0)"
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The C++ CPU backend (cafusion/kernels/backends/native): each pass against plain torch (both pooling
 variants), the layouts the kernels copy first, the small path on both of its sides (loops and ATen),
-the C++ autograd node, the output-buffer cache, the pooling-variant setting, and the fallback when the
+the C++ autograd node, the output-buffer cache, the measured pooling-variant choice, and the fallback when the
 kernels are off or cannot be built.
 
 The backend's parity with the reference composite in every configuration, rank, layout and dtype is
@@ -10,6 +10,7 @@ kernels too, since they are the CPU default.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def lib() -> ModuleType:
 @pytest.fixture(params=[False, True], ids=["rows", "gathers"])
 def gathers(request: pytest.FixtureRequest, lib: ModuleType) -> Iterator[bool]:
     """Both pooling variants for short float32 rows (row by row, or 16 rows at a time through gathers):
-    CAFUSION_POOL_GATHERS picks one, so both must give the same, exact results."""
+    a measurement per machine (or CAFUSION_POOL_GATHERS) picks one, so both must give the same, exact results."""
     before, limit = lib.gather_rows(), lib.gather_max_n()
     lib.set_gather_rows(request.param)
     lib.set_gather_max_n(1024)  # every row length the gathers can take
@@ -475,17 +476,27 @@ def test_pooling_variant_from_the_environment() -> None:
     assert run_python(code, CAFUSION_POOL_GATHERS="0") == "False 0"
 
 
-def test_pooling_variant_is_a_setting_not_a_measurement(
+def test_pooling_variant_is_measured_once_and_remembered(
     lib: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(native.DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(native.GATHER_ENV, raising=False)
+    native.build_dir().mkdir(parents=True)
+    record = native.build_dir() / native.POOL_RECORD
     before, limit = lib.gather_rows(), lib.gather_max_n()
     try:
-        monkeypatch.delenv(native.GATHER_ENV, raising=False)
-        assert native.choose_pool_variant(lib) is False and lib.gather_max_n() == 0  # default: row kernels
-        monkeypatch.setenv(native.GATHER_ENV, "1")
+        on = native.choose_pool_variant(lib)
+        saved = json.loads(record.read_text())
+        assert saved["gathers"] is on and saved["gather_max_n"] == lib.gather_max_n()
+        assert saved["gather_max_n"] in (0, 16, 49, 196, 784)
+        assert set(saved["seconds"]["16"]) == {"rows", "gathers"}  # the first length is always compared
+        # a later load reads the record instead of timing again
+        record.write_text(json.dumps({"gathers": True, "gather_max_n": 196}))
+        assert native.choose_pool_variant(lib) is True and lib.gather_max_n() == 196
+        record.write_text(json.dumps({"gathers": False, "gather_max_n": 0}))
+        assert native.choose_pool_variant(lib) is False and lib.gather_max_n() == 0
+        monkeypatch.setenv(native.GATHER_ENV, "1")  # the environment overrides the record
         assert native.choose_pool_variant(lib) is True and lib.gather_max_n() == 1024
-        assert not list(tmp_path.rglob("*"))  # nothing timed, nothing recorded
     finally:
         lib.set_gather_rows(before)
         lib.set_gather_max_n(limit)

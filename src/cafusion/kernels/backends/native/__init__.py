@@ -17,11 +17,14 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import platform
 import shutil
+import statistics
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,18 +172,60 @@ def library() -> ModuleType | None:
     return lib
 
 
-def choose_pool_variant(lib: ModuleType) -> bool:
-    """Whether short float32 rows are pooled 16 at a time through AVX-512 gathers (rows up to 1024
-    positions): off unless ``CAFUSION_POOL_GATHERS=1``.
+# Row lengths at which the pool variants are compared: a 1D signal of 16 steps, 7x7, 14x14 and 28x28
+# maps (~0.26-0.8M floats each).
+_CALIBRATION = ((256, 64, 16), (64, 256, 49), (16, 256, 196), (4, 256, 784))
+POOL_RECORD = "pool_variant.json"
 
-    Both variants add each row in the same order and keep the same first max, so they give the same
-    bits and the switch only changes speed (the gathers were 1.7x faster on one CPU, slower on a Zen 4).
-    Nothing is timed: a measurement must never decide a number.
+
+def choose_pool_variant(lib: ModuleType) -> bool:
+    """Whether short float32 rows pool faster through AVX-512 gathers than row by row on this CPU, and up
+    to which row length (``lib.set_gather_max_n``): the one per-machine kernel choice, made here.
+
+    No fixed choice is right everywhere (the gathers were 3.7x faster at 7x7 maps on one Zen 4 VM and
+    slower at 14x14 on another), so it is measured once per build and machine (the build folder is per
+    CPU) and remembered in ``pool_variant.json``: both variants pool rows of 16, 49, 196 and 784
+    positions in alternation, and the gathers take rows up to the longest length from which down they
+    won every comparison. Both variants add each row in the same order and keep the same first max, so
+    the choice changes speed only, never a number (``tests/test_native.py``).
+    ``CAFUSION_POOL_GATHERS=0/1`` overrides the measurement (1: every row up to 1024 positions).
     """
-    forced = os.environ.get(GATHER_ENV, "0")
-    on = forced.strip().lower() not in ("0", "false", "no", "off", "")
-    lib.set_gather_max_n(1024 if on else 0)
-    return on
+    forced = os.environ.get(GATHER_ENV)
+    if forced is not None and forced.strip():
+        on = forced.strip().lower() not in ("0", "false", "no", "off")
+        lib.set_gather_max_n(1024 if on else 0)
+        return on
+    record = build_dir() / POOL_RECORD
+    try:
+        saved = json.loads(record.read_text())
+        lib.set_gather_max_n(int(saved["gather_max_n"]))
+        return bool(saved["gathers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    limit, seconds = 0, {}
+    lib.set_gather_max_n(1024)  # while measuring, the gathers take every row length they can
+    for shape in _CALIBRATION:
+        rows, gathered = _pool_seconds(lib, torch.randn(*shape))
+        seconds[str(shape[2])] = {"rows": rows, "gathers": gathered}
+        if gathered >= rows:
+            break
+        limit = shape[2]
+    lib.set_gather_max_n(limit)
+    with contextlib.suppress(OSError):
+        record.write_text(json.dumps({"gathers": limit > 0, "gather_max_n": limit, "seconds": seconds}))
+    return limit > 0
+
+
+def _pool_seconds(lib: ModuleType, x3: Tensor) -> tuple[float, float]:
+    """Median seconds of a training-mode pool_stats call (rows, gathers), the two timed in alternation."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(9):
+        for gathers in (False, True):
+            lib.set_gather_rows(gathers)
+            start = time.perf_counter()
+            lib.pool_stats(x3, True)
+            times[gathers].append(time.perf_counter() - start)
+    return statistics.median(times[False][1:]), statistics.median(times[True][1:])
 
 
 def _build_error(exc: BaseException) -> str:
