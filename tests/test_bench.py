@@ -41,7 +41,7 @@ def test_defaults_run_every_part_over_the_issue_shapes_in_a_default_process() ->
     assert [s for s in args.sweep_shapes if len(s) == 5] == [(2, 32, 16, 32, 32)]
     assert args.padded_shapes == ones  # the padded part times the 1-D sweep's grid
     assert (32, 64, 500) in args.autocast_shapes and (16, 256, 56, 56) in args.autocast_shapes
-    assert args.networks == ["cnn1d", "resnet18", "resnet1d"]
+    assert args.networks == ["cnn1d", "resnet18", "resnet1d", "fcn-5x361", "fcn-16x150", "resnet1d-20x427"]
     assert set(args.attentions) == {"none", "se", "eca", "cbam", "caft", "caft_sum"} <= set(cafusion.list_attentions())
 
 
@@ -119,6 +119,7 @@ def test_tiny_block_sweep_and_autocast_write_tables_json_and_targets(
     assert len(sweep_targets) == 6 * 2 + 2  # auto vs composite and SE per row, timm on the two 2-D rows
     for t in sweep_targets:
         assert t["pass"] == (t["value"] >= t["limit"]) and t["op"] == ">="
+        assert t["limit"] == (0.909 if t["target"] == sweep.VS_SE else 1.0)  # SE: auto <= 1.1x its time
 
     (case,) = read(tmp_path, "block")["rows"]
     assert case["shape"] == [2, 8, 4, 4] and set(case["ms"]["forward"]) == {"reference", "timm", "ours"}
@@ -180,8 +181,10 @@ def test_networks_table_has_ratios_to_none_and_se_and_the_cnn1d_target(
     rows = {r["attention"]: r for r in data["rows"]}
     assert set(rows) == {"none", "se", "caft"} and rows["none"]["over_none"] == 1.0
     assert rows["caft"]["over_se"] == pytest.approx(rows["caft"]["ms"] / rows["se"]["ms"])
-    (target,) = data["targets"]
-    assert target["case"] == "cnn1d" and target["value"] == pytest.approx(rows["caft"]["over_none"], abs=1e-3)
+    over_none, over_se = data["targets"]
+    assert over_none["case"] == "cnn1d" and over_none["value"] == pytest.approx(rows["caft"]["over_none"], abs=1e-3)
+    assert over_se["target"] == "caft step <= 1.0x se"
+    assert over_se["value"] == pytest.approx(rows["caft"]["over_se"], abs=1e-3)
 
 
 def test_networks_under_amp_are_labelled(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -199,7 +202,7 @@ def test_networks_put_the_block_where_the_issue_says() -> None:
             m.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape)))
     assert model(torch.randn(100, 1, 40)).shape == (100, 10)
     assert seen == [(100, 25, 10), (100, 25, 5)]  # after conv2 and conv3 (stride 2, padding 1)
-    for name in ("resnet18", "resnet1d"):
+    for name in ("resnet18", "resnet1d", "fcn-5x361", "fcn-16x150", "resnet1d-20x427"):
         net = networks.NETWORKS[name].build("caft")
         assert sum(isinstance(m, cafusion.ChannelAttentionFusionTLayer) for m in net.modules()) >= 3
         assert net(torch.randn(2, *networks.NETWORKS[name].input_shape[1:])).shape == (2, networks.CLASSES)
@@ -232,6 +235,28 @@ def test_thp_run_is_opt_in_and_beside_the_default_one(
     assert main.main([*argv, "--thp"]) == 0
     assert len(calls) == 1 and "[THP_MEM_ALLOC_ENABLE=1]" in capsys.readouterr().out
     assert read(tmp_path, "autocast")["meta"]["thp_mem_alloc"] is True
+
+
+def test_native_off_run_is_opt_in_labelled_and_judged_against_the_composite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.delenv("CAFUSION_NATIVE", raising=False)
+    argv = ["--sweep", "1d", "--shapes", "2x8x16", "--dtypes", "fp32", "--repeats", "1", "--out", str(tmp_path)]
+    assert main.main([*argv, "--native-off"]) == 0
+    ((cmd, env),) = calls
+    assert env["CAFUSION_NATIVE"] == "0" and "--native-off" not in cmd
+    assert cmd[-2:] == ["--out", str(tmp_path / "native-off")]
+    assert read(tmp_path, "sweep")["meta"]["native_kernels"] is True
+    # in the child (no C++ kernels, so auto is the composite) the sweep asks for auto within 5% of it
+    rows = read(tmp_path, "sweep")["rows"]
+    kinds = {t["target"] for t in sweep.check_targets(rows, native=False)}
+    assert sweep.VS_REFERENCE_NO_NATIVE in kinds and sweep.VS_REFERENCE not in kinds
+    monkeypatch.setenv("CAFUSION_NATIVE", "0")
+    assert main.main([*argv, "--native-off"]) == 0
+    assert len(calls) == 1 and "[CAFUSION_NATIVE=0]" in capsys.readouterr().out
+    assert read(tmp_path, "sweep")["meta"]["native_kernels"] is False
 
 
 def test_interleaved_timing_alternates_the_contenders() -> None:

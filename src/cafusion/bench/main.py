@@ -7,7 +7,7 @@ Parts (selecting any runs only those; selecting none runs all five):
   vs the composite (impl="reference"), the reference file, cafusion's SE and timm's ChannelAttn.
 - --padded: the 1-D sweep's shapes with lengths (a padded batch) vs without, and the composite with them.
 - --autocast: a training step under bf16 autocast, default path vs composite.
-- --networks [cnn1d,resnet18,resnet1d]: a whole training step per attention block.
+- --networks [cnn1d,resnet18,resnet1d,fcn-5x361,fcn-16x150,resnet1d-20x427]: a whole training step per attention block.
 
 Contenders are timed in alternation and each gets the median of its rounds. The benchmark runs in
 the process it was started in, with default settings. --thp adds a second, labelled run of the
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attentions", type=_csv_any, help="networks: these registered blocks only (comma separated)")
     p.add_argument("--amp", action="store_true", help="networks: forward and loss under bf16 autocast")
     p.add_argument("--thp", action="store_true", help="add a labelled second run with THP_MEM_ALLOC_ENABLE=1")
+    p.add_argument(
+        "--native-off", action="store_true", help="add a labelled second run with CAFUSION_NATIVE=0 (no C++ kernels)"
+    )
     p.add_argument("--shapes", type=lambda s: [_shape(t) for t in s.split(",")], help="comma-separated BxCx...")
     p.add_argument("--dtypes", type=_csv(names.DTYPES), help="block, sweep, padded: comma-separated (fp32,bf16)")
     p.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default: %(default)s)")
@@ -140,6 +143,8 @@ def resolve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
         parser.error("--clock thread measures one thread's CPU time: use it on the CPU with --threads 1")
     if args.thp and device.type != "cpu":
         parser.error("--thp changes PyTorch's CPU allocator: use it with --device cpu")
+    if args.native_off and device.type != "cpu":
+        parser.error("--native-off switches off the C++ CPU kernels: use it with --device cpu")
     args.repeats = args.repeats or (5 if args.quick else 15)
     args.compile = (not args.quick) if args.compile is None else args.compile
     dtypes = {name: dtype for dtype, name in report.DTYPE_NAMES.items()}
@@ -173,11 +178,16 @@ def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run_thp(argv: list[str], out: Path) -> int:
-    """The same parts again in a child process with THP_MEM_ALLOC_ENABLE=1, files under OUT/thp."""
-    child = [a for a in argv if a != "--thp"] + ["--out", str(out / "thp")]
-    env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1")
-    print("\n=== second run, labelled THP_MEM_ALLOC_ENABLE=1 (--thp) ===", flush=True)
+# The labelled second runs: flag -> (environment setting, folder under --out).
+SECOND_RUNS = {"--thp": ("THP_MEM_ALLOC_ENABLE", "1", "thp"), "--native-off": ("CAFUSION_NATIVE", "0", "native-off")}
+
+
+def run_second(argv: list[str], out: Path, flag: str) -> int:
+    """The same parts again in a child process with the setting ``flag`` names, files under OUT/<folder>."""
+    name, value, folder = SECOND_RUNS[flag]
+    child = [a for a in argv if a not in SECOND_RUNS] + ["--out", str(out / folder)]
+    env = dict(os.environ, **{name: value})
+    print(f"\n=== second run, labelled {name}={value} ({flag}) ===", flush=True)
     return subprocess.call([sys.executable, "-m", "cafusion.bench", *child], env=env)
 
 
@@ -223,9 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(out / "targets.json", meta, [], targets)
     print(f"\n[{report.process_label()}] {report.format_targets(targets)}")
     print(f"\nwrote {', '.join(str(out / f'{p.name}.json') for p in results)}, {out / 'targets.json'}")
-    if args.thp:
-        if report.thp_enabled():
-            print("--thp: this process already runs with THP_MEM_ALLOC_ENABLE=1; no second run")
-        else:
-            return run_thp(argv, out)
-    return 0
+    status = 0
+    for flag, already in (("--thp", report.thp_enabled()), ("--native-off", report.native_off())):
+        if flag in argv:
+            name, value, _ = SECOND_RUNS[flag]
+            if already:
+                print(f"{flag}: this process already runs with {name}={value}; no second run")
+            else:
+                status = run_second(argv, out, flag) or status
+    return status

@@ -76,9 +76,16 @@ def thp_enabled() -> bool:
     return os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
 
 
+def native_off() -> bool:
+    """Whether this process runs without the C++ CPU kernels (``CAFUSION_NATIVE=0``)."""
+    return os.environ.get("CAFUSION_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
 def process_label() -> str:
-    """How the process was started, as printed above every table (the issue's 'default process')."""
-    return "THP_MEM_ALLOC_ENABLE=1" if thp_enabled() else "default process"
+    """How the process was started, as printed above every table (the 'default process', or what differs)."""
+    settings = (("THP_MEM_ALLOC_ENABLE=1", thp_enabled()), ("CAFUSION_NATIVE=0", native_off()))
+    changed = [name for name, on in settings if on]
+    return ", ".join(changed) or "default process"
 
 
 def meta(argv: Sequence[str], device: torch.device, threads: int, repeats: int, seconds: float) -> dict[str, Any]:
@@ -86,6 +93,7 @@ def meta(argv: Sequence[str], device: torch.device, threads: int, repeats: int, 
         "command": "python -m cafusion bench " + " ".join(argv),
         "process": process_label(),
         "thp_mem_alloc": thp_enabled(),
+        "native_kernels": not native_off(),
         "torch": torch.__version__,
         "device": device.type,
         "cpu": platform.processor() or platform.machine(),
