@@ -182,11 +182,11 @@ def choose_pool_variant(lib: ModuleType) -> bool:
     """Whether short float32 rows pool faster through AVX-512 gathers than row by row on this CPU, and up
     to which row length (``lib.set_gather_max_n``): the one per-machine kernel choice, made here.
 
-    No fixed choice is right everywhere (the gathers were 3.7x faster at 7x7 maps on one Zen 4 VM and
-    slower at 14x14 on another), so it is measured once per build and machine (the build folder is per
-    CPU) and remembered in ``pool_variant.json``: both variants pool rows of 16, 49, 196 and 784
-    positions in alternation, and the gathers take rows up to the longest length from which down they
-    won every comparison. Both variants add each row in the same order and keep the same first max, so
+    No fixed choice is right everywhere (the gathers were 4.1x faster at 7x7 maps on an Intel Xeon VM
+    with AVX-512 and slower at 14x14 on an AMD Zen 4 one), so it is measured once per build and machine
+    (the build folder is per CPU) and remembered in ``pool_variant.json``: both variants pool rows of 16,
+    49, 196 and 784 positions in alternation, and the gathers take rows up to the longest length from
+    which down they won every comparison. Both variants add each row in the same order and keep the same first max, so
     the choice changes speed only, never a number (``tests/test_native.py``).
     ``CAFUSION_POOL_GATHERS=0/1`` overrides the measurement (1: every row up to 1024 positions).
     """

@@ -8,8 +8,8 @@
 //
 //   passes.h        the four big-tensor passes (pool_stats, scale, grad_ca, grad_input)
 //   cache.h         reuse of freed y/dx buffers
-//   small_direct.h  the small (B, C) path as loops, for small problems
-//   small_aten.h    the small path as ATen calls, for large B*C*H
+//   small_direct.h  the small (B, C) path per sample as plain loops, for tiny problems
+//   small.h         the small path for the whole batch: matmuls through ATen, the elementwise rest as loops
 //
 // Tested against the reference composite by tests/test_backends.py, like every backend.
 
@@ -25,7 +25,7 @@
 #include "cache.h"
 #include "common.h"
 #include "passes.h"
-#include "small_aten.h"
+#include "small.h"
 #include "small_direct.h"
 
 namespace cafusion {
@@ -90,9 +90,9 @@ Out6 forward_cpu(const Tensor& x_in, const OptTensor& valid, const Tensor& fc1_w
   if (direct_ok(p, dtype, x3.size(0), cfg.softmax)) {
     std::tie(ca, w) = direct_forward(avg, mx, p, cfg.softmax, cfg.hard, cfg.silu);
   } else {
-    const std::vector<Tensor> f = small_forward(avg, mx, p, cfg.softmax, cfg.hard, cfg.silu);
-    ca = f[kCa];
-    w = f[kW];
+    const Forward f = small_forward(avg, mx, net_of(p, dtype, cfg.softmax, cfg.hard, cfg.silu));
+    ca = f.ca;
+    w = f.w;
   }
   if (!w.defined()) w = at::empty({x.size(0), 0}, avg.options());
   const Tensor ca_x = cast(ca, x3.scalar_type());
@@ -117,26 +117,29 @@ Out10 backward_cpu(const Tensor& dy_in, const OptTensor& g_ca, const OptTensor& 
   Tensor d_ca = cast(grad_ca(dy3, x3), dtype);
   if (g_ca.has_value() && g_ca->defined()) d_ca = d_ca + cast(g_ca->reshape(d_ca.sizes()), dtype);
   const OptTensor gw = (cfg.softmax && g_w.has_value() && g_w->defined()) ? g_w : c10::nullopt;
+  // the mean's gradient spreads over the real positions: 1 / N per sample without a mask (divided inside
+  // the small path), 1 / count with one (below)
+  const int64_t avg_count = valid.has_value() ? 1 : x3.size(2);
   std::vector<Tensor> g;
   Tensor ca;
   if (direct_ok(p, dtype, x3.size(0), cfg.softmax)) {
-    g = direct_backward(avg, mx, p, d_ca, gw, cfg.softmax, cfg.hard, cfg.silu);
+    g = direct_backward(avg, mx, p, d_ca, gw, cfg.softmax, cfg.hard, cfg.silu, avg_count);
     ca = g.back();
     g.pop_back();
   } else {
-    const std::vector<Tensor> f = small_forward(avg, mx, p, cfg.softmax, cfg.hard, cfg.silu);
-    g = small_backward(f, p, d_ca, gw, cfg.softmax, cfg.hard, cfg.silu);
-    ca = f[kCa];
+    const Net n = net_of(p, dtype, cfg.softmax, cfg.hard, cfg.silu);
+    const Forward f = small_forward(avg, mx, n);
+    g = small_backward(f, n, p, d_ca, gw, avg_count);
+    ca = f.ca;
   }
   Tensor dx = nothing(x, x.scalar_type());
   if (need_x) {
     TORCH_CHECK(idx.numel() == avg.numel(), "cafusion: the forward ran without the argmax but x needs a gradient");
     const auto stat = avg_in.scalar_type();
-    // the mean's gradient spreads over the real positions: 1 / count per sample (count = N without a mask)
     const Tensor count = !valid.has_value() ? Tensor()
                          : is_lengths(valid)  ? valid->to(g[0].scalar_type()).unsqueeze(1)
                                               : valid->sum(1, true).to(g[0].scalar_type());
-    const Tensor g_avg = count.defined() ? g[0] / count : g[0] / x3.size(2);
+    const Tensor g_avg = count.defined() ? g[0] / count : g[0];
     dx = grad_input(dy, cast(ca, x3.scalar_type()), cast(g_avg, stat), cast(g[1], stat), idx, valid);
   }
   auto grad = [&](size_t i) { return g[i].defined() ? g[i] : nothing(x, x.scalar_type()); };
@@ -261,8 +264,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gather_max_n", [](int64_t n) { g_gather_max_n = std::min<int64_t>(n, kBlock); },
         "the longest rows (<= 1024) pooled through the gathers");
   m.def("gather_max_n", [] { return g_gather_max_n; }, "the longest rows pooled through the gathers");
-  m.def("set_direct_max", [](int64_t v) { g_direct_max = v; }, "largest B*C*max(H, R) the small-path loops take");
-  m.def("direct_max", [] { return g_direct_max; }, "largest B*C*max(H, R) the small-path loops take");
+  m.def("set_direct_max", [](int64_t v) { g_direct_max = v; }, "largest B*C*max(H, R) the per-sample loops take");
+  m.def("direct_max", [] { return g_direct_max; }, "largest B*C*max(H, R) the per-sample loops take");
   m.def("cache_set_limit", [](int64_t bytes) { return BufferCache::get().set_limit(static_cast<size_t>(bytes)); },
         "bound the output-buffer cache (0 turns it off); returns the bytes it still holds");
   m.def("cache_held", [] { return BufferCache::get().held(); }, "bytes of freed outputs the cache holds");

@@ -3,6 +3,7 @@
 
 #include <torch/extension.h>
 
+#include <cmath>
 #include <vector>
 
 namespace cafusion {
@@ -33,6 +34,21 @@ inline at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b) {
 
 
 inline Tensor cast(const Tensor& t, at::ScalarType dtype) { return t.scalar_type() == dtype ? t : t.to(dtype); }
+
+// The small path's elementwise functions, with torch's NaN behaviour (both small paths use them).
+template <typename A>
+inline A relu_of(A v) {
+  return (v > 0 || v != v) ? v : A(0);  // NaN stays NaN, as torch.relu
+}
+template <typename A>
+inline A sigmoid_of(A v) {
+  return A(1) / (A(1) + std::exp(-v));
+}
+template <typename A>
+inline A hardsigmoid_of(A v) {
+  const A lo = (v + A(3) < A(0)) ? A(0) : v + A(3);  // NaN falls through both comparisons
+  return ((A(6) < lo) ? A(6) : lo) / A(6);
+}
 
 constexpr double kOneSixth = static_cast<double>(1.0f / 6.0f);  // torch's hardsigmoid_backward constant
 

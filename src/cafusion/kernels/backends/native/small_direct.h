@@ -1,9 +1,9 @@
-// The small (B, C) path as plain loops, for small problems.
+// The small (B, C) path sample by sample as plain loops, for tiny problems.
 //
-// At 1x64x7x7 the ~15 ATen calls of the forward and ~40 of the backward (each a dispatch and an
-// allocation, about 2-3 µs here) cost ten times the arithmetic. These loops do the same math as
-// cafusion/functional/composite.py's attend (same formulas, same NaN behaviour) without any of that; the ATen version
-// (small_aten.h) takes over when B*C*H is large and matrix-multiply kernels win.
+// At 1x64x7x7 the batched path's few matmul calls and allocations (small.h) cost more than the
+// arithmetic. These loops do the same math as cafusion/functional/composite.py's attend (same formulas,
+// same NaN behaviour) with no call or allocation per step; the batched path takes over when B*C*H is
+// large enough for its matmuls to pay (g_direct_max, measured by scripts/small_path_rule.py).
 #pragma once
 
 #include <torch/extension.h>
@@ -34,19 +34,6 @@ struct Sample {
   Sample(int64_t C, int64_t H, int64_t R) : pre(2 * H), hid(2 * H), out(2 * C), q(R), u(C), ca(C) {}
 };
 
-template <typename A>
-inline A relu_of(A v) {
-  return (v > 0 || v != v) ? v : A(0);  // NaN stays NaN, as torch.relu
-}
-template <typename A>
-inline A sigmoid_of(A v) {
-  return A(1) / (A(1) + std::exp(-v));
-}
-template <typename A>
-inline A hardsigmoid_of(A v) {
-  const A lo = (v + A(3) < A(0)) ? A(0) : v + A(3);  // NaN falls through both comparisons
-  return ((A(6) < lo) ? A(6) : lo) / A(6);
-}
 
 // a . b with 16 independent partial sums: a single running sum is a chain of dependent adds (4 cycles
 // each), and the compiler may not reorder float additions by itself.
@@ -272,10 +259,11 @@ Tensor from_vector(const std::vector<A>& v, const Tensor& like) {
   return t;
 }
 
-// As small_backward: (g_avg, g_max, d fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature), plus
+// As small_backward (small.h): (g_avg / avg_count, g_max, d fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature), plus
 // the recomputed ca (B, C) last. g_ca is (B, C) in the compute type, g_w (B, 2) or none.
 inline std::vector<Tensor> direct_backward(const Tensor& avg, const Tensor& mx, const Params& p, const Tensor& g_ca,
-                                           const OptTensor& g_w, bool softmax, bool hard, bool silu) {
+                                           const OptTensor& g_w, bool softmax, bool hard, bool silu,
+                                           int64_t avg_count) {
   const int64_t B = avg.size(0), C = avg.size(1);
   const auto dtype = avg.scalar_type();
   Tensor g_avg = at::empty({B, C}, avg.options()), g_mx = at::empty({B, C}, avg.options());
@@ -296,6 +284,7 @@ inline std::vector<Tensor> direct_backward(const Tensor& avg, const Tensor& mx, 
                              gw.defined() ? gw.data_ptr<A>() + b * 2 : nullptr, g_avg.data_ptr<A>() + b * C,
                              g_mx.data_ptr<A>() + b * C, g);
     }
+    if (avg_count != 1) g_avg.div_(avg_count);  // as small_backward: g_avg divided by the positions pooled
     out[0] = g_avg;
     out[1] = g_mx;
     out[2] = from_vector(g.w1, p.fc1_w);
