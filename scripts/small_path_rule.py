@@ -1,6 +1,6 @@
 """Measure the rules the native CPU backend applies at run time, so docs/performance.md can cite them.
 
-1. The small (B, C) path: plain loops vs ATen matmuls (the rule: loops up to B*C*max(H, R) = 16384
+1. The small (B, C) path: per-sample loops vs the batched path (the rule: loops up to B*C*max(H, R) = 16384
    multiply-adds). Times the block's forward (no grad) and training step with each forced.
 2. Short-row pooling: AVX-512 gathers vs row by row (the rule is measured per machine at load time by
    ``choose_pool_variant``; this prints both timings and the choice).
@@ -66,13 +66,13 @@ def main() -> int:
     torch.set_num_threads(1)
     default = lib.direct_max()
     rows = []
-    print(f"{'shape':>18} {'loops fwd':>10} {'aten fwd':>10} {'loops step':>11} {'aten step':>10}  rule picks")
+    print(f"{'shape':>18} {'loops fwd':>10} {'batch fwd':>10} {'loops step':>11} {'batch step':>10}  rule picks")
     for shape in shapes:
         x = torch.randn(*shape)
         block = ChannelAttentionFusionTLayer(shape[1], reduction=4)
         xg = x.clone().requires_grad_(True)
         timing = {}
-        for name, limit in (("loops", 1 << 40), ("aten", 0)):
+        for name, limit in (("loops", 1 << 40), ("batched", 0)):
             lib.set_direct_max(limit)
             with torch.no_grad():
                 fwd = median_us(lambda: block(x), 200)  # noqa: B023
@@ -80,11 +80,11 @@ def main() -> int:
             timing[name] = (fwd, step)
         lib.set_direct_max(default)
         hidden = max(block.hidden, block.fusion_router_hidden)
-        picks = "loops" if shape[0] * shape[1] * hidden <= default else "aten"
-        rows.append({"shape": list(shape), "loops_us": timing["loops"], "aten_us": timing["aten"], "rule": picks})
+        picks = "loops" if shape[0] * shape[1] * hidden <= default else "batched"
+        rows.append({"shape": list(shape), "loops_us": timing["loops"], "batched_us": timing["batched"], "rule": picks})
         print(
-            f"{'x'.join(map(str, shape)):>18} {timing['loops'][0]:10.1f} {timing['aten'][0]:10.1f} "
-            f"{timing['loops'][1]:11.1f} {timing['aten'][1]:10.1f}  {picks}"
+            f"{'x'.join(map(str, shape)):>18} {timing['loops'][0]:10.1f} {timing['batched'][0]:10.1f} "
+            f"{timing['loops'][1]:11.1f} {timing['batched'][1]:10.1f}  {picks}"
         )
     chosen, limit = lib.gather_rows(), lib.gather_max_n()
     lib.set_gather_max_n(1024)

@@ -189,10 +189,10 @@ void direct_sample_backward(const Direct<A>& p, const A* avg, const A* mx, const
   }
 }
 
-// Problems up to this many multiply-adds per layer (B * C * max(H, R)) take the loops, larger ones ATen's
-// matmuls. scripts/small_path_rule.py (1 thread): the loops cost ~1 µs per sample forward and ~3 per
-// step, ATen ~40 µs forward and ~200 per step almost flat; loops win at 1x64x7x7 (step 94 vs 194 µs) and
-// 32x16x40 (149 vs 226), ATen at 32x64x16 (278 vs 338), which is 32768 multiply-adds.
+// Problems up to this many multiply-adds per layer (B * C * max(H, R)) take the loops, larger ones the
+// batched path (small.h). scripts/small_path_rule.py (1 thread, block step): the loops win at 1x64x7x7
+// (127 vs 156 µs) and 32x16x40 (206 vs 222), the batched path at 32x64x16 (297 vs 442), which is 32768
+// multiply-adds.
 inline int64_t g_direct_max = int64_t(1) << 14;  // settable for measurements (set_direct_max)
 
 // Whether the loops take this call: every weight already in the compute type and contiguous, and small.
