@@ -217,11 +217,21 @@ def test_a_network_whose_package_is_missing_is_skipped_with_a_note(
     assert read(tmp_path, "networks")["rows"] == []
 
 
-def test_thp_run_is_opt_in_and_beside_the_default_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def child_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[str], dict[str, str]]]:
+    """The (command, environment) of each labelled second run main() starts, instead of starting it."""
     calls: list[tuple[list[str], dict[str, str]]] = []
     monkeypatch.setattr(subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    return calls
+
+
+def test_thp_run_is_opt_in_and_beside_the_default_one(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    child_runs: list[tuple[list[str], dict[str, str]]],
+) -> None:
+    calls = child_runs
     monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
     argv = ["--autocast", "--shapes", "2x8x16", "--repeats", "1", "--out", str(tmp_path)]
     assert main.main(argv) == 0
@@ -238,14 +248,15 @@ def test_thp_run_is_opt_in_and_beside_the_default_one(
 
 
 def test_native_off_run_is_opt_in_labelled_and_judged_against_the_composite(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    child_runs: list[tuple[list[str], dict[str, str]]],
 ) -> None:
-    calls: list[tuple[list[str], dict[str, str]]] = []
-    monkeypatch.setattr(subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
     monkeypatch.delenv("CAFUSION_NATIVE", raising=False)
     argv = ["--sweep", "1d", "--shapes", "2x8x16", "--dtypes", "fp32", "--repeats", "1", "--out", str(tmp_path)]
     assert main.main([*argv, "--native-off"]) == 0
-    ((cmd, env),) = calls
+    ((cmd, env),) = child_runs
     assert env["CAFUSION_NATIVE"] == "0" and "--native-off" not in cmd
     assert cmd[-2:] == ["--out", str(tmp_path / "native-off")]
     assert read(tmp_path, "sweep")["meta"]["native_kernels"] is True
@@ -255,7 +266,7 @@ def test_native_off_run_is_opt_in_labelled_and_judged_against_the_composite(
     assert sweep.VS_REFERENCE_NO_NATIVE in kinds and sweep.VS_REFERENCE not in kinds
     monkeypatch.setenv("CAFUSION_NATIVE", "0")
     assert main.main([*argv, "--native-off"]) == 0
-    assert len(calls) == 1 and "[CAFUSION_NATIVE=0]" in capsys.readouterr().out
+    assert len(child_runs) == 1 and "[CAFUSION_NATIVE=0]" in capsys.readouterr().out
     assert read(tmp_path, "sweep")["meta"]["native_kernels"] is False
 
 
