@@ -52,6 +52,12 @@ def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float
     if torch.jit.is_scripting() or torch.jit.is_tracing():  # type: ignore[attr-defined,no-untyped-call]
         return "TorchScript scripting/tracing is active"
     compiling = torch.compiler.is_compiling()
+    if impl == "auto" and x.is_cpu and not compiling and not cpu_kernels_ready():
+        # First, because every later check would pick the composite too: a CPU without the C++ kernels
+        # takes it on every call, and the checks below cost ~5% of a small call there. Measured: the op's
+        # PyTorch backend was slower than the composite in 9 of 12 rows of
+        # `CAFUSION_NATIVE=0 cafusion bench --quick --sweep 1d,2d,3d` (0.67-0.98x).
+        return "the C++ CPU kernels are not available (no compiler, or CAFUSION_NATIVE=0)"
     if compiling:
         if impl == "auto" and torch.compiler.is_exporting():
             return "torch.export is active (impl='auto' exports the portable composite)"
@@ -70,10 +76,8 @@ def blocker(x: Tensor, weights: list[Tensor | None], temperature: Tensor | float
     # is_cpu is a flag; .device builds an object (~0.4 µs each, ten of them per call at small maps)
     if any(not t.is_cpu for t in tensors) if x.is_cpu else any(t.device != x.device for t in tensors):
         return "the weights, temperature and x are on different devices"
-    if x.is_cpu and not compiling and not cpu_kernels_ready() and impl == "auto":
-        # Measured: without the C++ kernels the op's PyTorch backend was slower than the composite in 9
-        # of 12 rows of `CAFUSION_NATIVE=0 cafusion bench --quick --sweep 1d,2d,3d` (0.67-0.98x).
-        return "the C++ CPU kernels are not available (no compiler, or CAFUSION_NATIVE=0)"
+    if impl != "auto" and x.is_cpu and not compiling:
+        cpu_kernels_ready()  # impl="fast": load them now (auto did above), so that the op's first call runs them
     return None
 
 
