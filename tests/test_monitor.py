@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 
 from cafusion import ChannelAttentionFusionT, ChannelAttentionFusionTLayer, FusionMonitor
 from cafusion.models import SmallCNN
+from tests.gloo_pair import spawn_pair
 
 
 def _block(**kw: object) -> ChannelAttentionFusionT:
@@ -191,7 +191,7 @@ def _worker(rank: int, store: str, out: str) -> None:
 
 def test_distributed_totals_equal_the_single_process_totals(tmp_path: Path) -> None:
     out = tmp_path / "rank0.json"
-    mp.spawn(_worker, args=(str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    spawn_pair(_worker, tmp_path, str(out))
     reduced = json.loads(out.read_text())
     model = _two_blocks()
     single = json.loads(json.dumps(_run(model, FusionMonitor(model), _data())))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cafusion.training import load_checkpoint
+from tests.gloo_pair import spawn_pair
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 ARGS = ["--epochs", "2", "--batch-size", "8", "--seed", "3", "--norm", "group", "--widths", "4,8", "--no-progress"]
@@ -121,9 +122,7 @@ def _bn_worker(rank: int, store: str, mode: str, out: str) -> None:
 
 @pytest.mark.parametrize(("mode", "mean", "var"), [("reduce", 1.5, 3.0), ("broadcast", 1.0, 2.0), ("none", None, None)])
 def test_distribute_bn(tmp_path: Path, mode: str, mean: float | None, var: float | None) -> None:
-    import torch.multiprocessing as mp
-
-    mp.spawn(_bn_worker, args=(str(tmp_path / "store"), mode, str(tmp_path / "bn")), nprocs=2, join=True)
+    spawn_pair(_bn_worker, tmp_path, mode, str(tmp_path / "bn"))
     got = [torch.load(tmp_path / f"bn-{r}.pt") for r in range(2)]
     for rank, stats in enumerate(got):
         expected_mean = rank + 1.0 if mean is None else mean
@@ -160,10 +159,8 @@ def _differ_worker(rank: int, store: str, out: str) -> None:
 def test_replicas_with_different_parameters_fail_on_every_rank_in_one_line(tmp_path: Path) -> None:
     """The check after training: rank 1's weights differ, so every rank raises ReplicasDiffer (the CLI turns it
     into one error line and exit 1) and rank 0 has written both digests to ranks.json."""
-    import torch.multiprocessing as mp
-
     (tmp_path / "run").mkdir()
-    mp.spawn(_differ_worker, args=(str(tmp_path / "store"), str(tmp_path / "run")), nprocs=2, join=True)
+    spawn_pair(_differ_worker, tmp_path, str(tmp_path / "run"))
     for rank in range(2):
         message = (tmp_path / "run" / f"outcome-{rank}.txt").read_text()
         assert message.startswith("the 2 processes ended with different parameters (0.weight"), message
