@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from cafusion.kernels.backends import native
+
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}
 
 
@@ -78,7 +80,7 @@ def thp_enabled() -> bool:
 
 def native_off() -> bool:
     """Whether this process runs without the C++ CPU kernels (``CAFUSION_NATIVE=0``)."""
-    return os.environ.get("CAFUSION_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+    return not native.enabled()
 
 
 def process_label() -> str:

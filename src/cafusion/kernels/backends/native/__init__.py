@@ -48,9 +48,14 @@ GATHER_ENV = "CAFUSION_POOL_GATHERS"
 log = logging.getLogger(__name__)
 
 
+def _switched_off(value: str) -> bool:
+    """How the environment switches here read: 0, false, no or off (any case) is off."""
+    return value.strip().lower() in ("0", "false", "no", "off")
+
+
 def enabled() -> bool:
     """False when the user switched the native kernels off (``CAFUSION_NATIVE=0``)."""
-    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return not _switched_off(os.environ.get(ENV, "1"))
 
 
 def _cpu_id() -> str:
@@ -192,7 +197,7 @@ def choose_pool_variant(lib: ModuleType) -> bool:
     """
     forced = os.environ.get(GATHER_ENV)
     if forced is not None and forced.strip():
-        on = forced.strip().lower() not in ("0", "false", "no", "off")
+        on = not _switched_off(forced)
         lib.set_gather_max_n(1024 if on else 0)
         return on
     record = build_dir() / POOL_RECORD

@@ -108,11 +108,11 @@ struct Forward {
   Tensor pre;  // (2B, H) before the activation; hid after it
   Tensor hid;
   Tensor out;  // (2B, C): the MLP of avg (a), then of max (m)
-  Tensor cat;  // (B, 2C) router input, (B, R) router hidden before its ReLU, (B, 2) fusion weights
-  Tensor q;
-  Tensor w;
-  Tensor u;   // (B, C): z / T
-  Tensor ca;  // (B, C): the gate
+  Tensor cat;  // (B, 2C): the router's input, avg | max (softmax fusion only, as q and w)
+  Tensor q;    // (B, R): the router's hidden layer before its ReLU
+  Tensor w;    // (B, 2): the fusion weights
+  Tensor u;    // (B, C): z / T
+  Tensor ca;   // (B, C): the gate
 };
 
 // Adds bias b (n) to every row of x (rows, n) in place.
