@@ -1,11 +1,12 @@
 """Measure the rules the native CPU backend applies at run time, so docs/performance.md can cite them.
 
-1. The small (B, C) path: per-sample loops vs the batched path (the rule: loops up to B*C*max(H, R) = 16384
-   multiply-adds). Times the block's forward (no grad) and training step with each forced.
+1. The small (B, C) path's matrix products: as loops up to ``loop_macs`` multiply-adds, as ATen's matmul
+   (MKL) above. Times the block's forward (no grad) and training step with the threshold set to each of
+   THRESHOLDS (0: every product through the matmul; "all": every product as loops).
 2. Short-row pooling: AVX-512 gathers vs row by row (the rule is measured per machine at load time by
    ``choose_pool_variant``; this prints both timings and the choice).
 
-Single thread, thread CPU time (so another process on the machine does not inflate it), medians.
+Wall clock in this process's default threads (run it on an idle machine), medians of seven.
 Prints a table and writes JSON: ``python scripts/small_path_rule.py [--out bench-results]``.
 """
 
@@ -25,16 +26,16 @@ from cafusion.kernels.backends import native
 
 SHAPES = [
     (1, 64, 7, 7),
-    (1, 256, 14, 14),
     (4, 64, 20),
     (8, 25, 40),
-    (16, 25, 40),
     (32, 16, 40),
     (32, 64, 16),
-    (64, 25, 40),
-    (100, 25, 20),
-    (100, 25, 40),
+    (100, 25, 10),
+    (100, 64, 40),
+    (256, 256, 16),
+    (16, 1024, 14, 14),
 ]
+THRESHOLDS = (0, 1024, 4096, 16384, 65536, 1 << 40)
 
 
 # Short float32 rows, where the two pooling variants differ most (both give the same bits).
@@ -46,11 +47,15 @@ def median_us(fn: Callable[[], object], calls: int, repeats: int = 7) -> float:
         fn()
     runs = []
     for _ in range(repeats):
-        start = time.thread_time()
+        start = time.perf_counter()
         for _ in range(calls):
             fn()
-        runs.append((time.thread_time() - start) / calls * 1e6)
+        runs.append((time.perf_counter() - start) / calls * 1e6)
     return statistics.median(runs)
+
+
+def label(threshold: int) -> str:
+    return "all" if threshold >= 1 << 40 else str(threshold)
 
 
 def main() -> int:
@@ -63,29 +68,26 @@ def main() -> int:
     if lib is None:
         print("the native CPU kernels are not available here")
         return 1
-    torch.set_num_threads(1)
-    default = lib.direct_max()
+    default = lib.loop_macs()
     rows = []
-    print(f"{'shape':>18} {'loops fwd':>10} {'batch fwd':>10} {'loops step':>11} {'batch step':>10}  rule picks")
+    print(f"small path, block forward / training step in us, by the largest product run as loops (default {default}):")
+    print(f"{'shape':>18} " + " ".join(f"{label(t):>13}" for t in THRESHOLDS))
     for shape in shapes:
         x = torch.randn(*shape)
         block = ChannelAttentionFusionTLayer(shape[1], reduction=4)
         xg = x.clone().requires_grad_(True)
         timing = {}
-        for name, limit in (("loops", 1 << 40), ("batched", 0)):
-            lib.set_direct_max(limit)
+        calls = max(20, min(2000, int(2e7 // x.numel())))
+        for threshold in THRESHOLDS:
+            lib.set_loop_macs(threshold)
             with torch.no_grad():
-                fwd = median_us(lambda: block(x), 200)  # noqa: B023
-            step = median_us(lambda: block(xg).sum().backward(), 100)  # noqa: B023
-            timing[name] = (fwd, step)
-        lib.set_direct_max(default)
-        hidden = max(block.hidden, block.fusion_router_hidden)
-        picks = "loops" if shape[0] * shape[1] * hidden <= default else "batched"
-        rows.append({"shape": list(shape), "loops_us": timing["loops"], "batched_us": timing["batched"], "rule": picks})
-        print(
-            f"{'x'.join(map(str, shape)):>18} {timing['loops'][0]:10.1f} {timing['batched'][0]:10.1f} "
-            f"{timing['loops'][1]:11.1f} {timing['batched'][1]:10.1f}  {picks}"
-        )
+                fwd = median_us(lambda: block(x), calls)  # noqa: B023
+            step = median_us(lambda: block(xg).sum().backward(), max(10, calls // 3))  # noqa: B023
+            timing[label(threshold)] = (fwd, step)
+        lib.set_loop_macs(default)
+        rows.append({"shape": list(shape), "us": timing})
+        cells = " ".join(f"{f:6.0f}/{s:6.0f}" for f, s in timing.values())
+        print(f"{'x'.join(map(str, shape)):>18} {cells}")
     chosen, limit = lib.gather_rows(), lib.gather_max_n()
     lib.set_gather_max_n(1024)
     pool = {}
@@ -107,7 +109,14 @@ def main() -> int:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"small_path": rows, "pool_us": pool, "gathers_chosen": chosen, "gather_max_n": limit, "threads": 1}
+    result = {
+        "small_path": rows,
+        "pool_us": pool,
+        "gathers_chosen": chosen,
+        "gather_max_n": limit,
+        "threads": torch.get_num_threads(),
+        "loop_macs": default,
+    }
     (out / "small_path_rule.json").write_text(json.dumps(result, indent=1))
     return 0
 

@@ -1,5 +1,5 @@
 """The C++ CPU backend (cafusion/kernels/backends/native): each pass against plain torch (both pooling
-variants), the layouts the kernels copy first, the small path on both of its sides (per-sample loops, batched),
+variants), the layouts the kernels copy first, the small path with both kinds of product (loops, matmul),
 the C++ autograd node, the output-buffer cache, the measured pooling-variant choice, and the fallback when the
 kernels are off or cannot be built.
 
@@ -289,12 +289,13 @@ def reference_grads(block: ChannelAttentionFusionT, x: Tensor) -> dict[str, Tens
     """Outputs and gradients of one training step, for the block's current ``impl``."""
     block.zero_grad(set_to_none=True)
     xin = x.detach().clone().requires_grad_(True)
-    y, ca, w = block(xin)
+    outputs = block(xin)  # (y, ca, fusion_w), or (y, ca) with sum fusion
     gen = torch.Generator().manual_seed(3)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in (y, ca, w))
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in outputs)
     loss.backward()
     assert xin.grad is not None
-    grads = {"y": y.detach(), "ca": ca.detach(), "w": w.detach(), "x": xin.grad}
+    grads = {name: t.detach() for name, t in zip(("y", "ca", "w"), outputs)}
+    grads["x"] = xin.grad
     grads.update({n: p.grad for n, p in block.named_parameters() if p.grad is not None})
     return grads
 
@@ -302,21 +303,22 @@ def reference_grads(block: ChannelAttentionFusionT, x: Tensor) -> dict[str, Tens
 MATMULS = ("aten::mm", "aten::addmm", "aten::matmul", "aten::linear", "aten::bmm")
 
 
-@pytest.mark.parametrize("side", ["loops", "batched"])
+@pytest.mark.parametrize("side", ["loops", "matmul"])
 @pytest.mark.parametrize(("batch", "channels", "reduction"), [(2, 32, 4), (8, 256, 2)])
 @pytest.mark.parametrize("act", ["relu", "silu"])
 @pytest.mark.parametrize("gate", ["sigmoid", "hardsigmoid"])
-def test_small_path_both_sides_match_the_reference(
-    lib: ModuleType, batch: int, channels: int, reduction: int, side: str, act: str, gate: str
+@pytest.mark.parametrize("fusion", ["sum", "softmax"])
+def test_small_path_both_product_kinds_match_the_reference(
+    lib: ModuleType, batch: int, channels: int, reduction: int, side: str, act: str, gate: str, fusion: str
 ) -> None:
-    """The small path runs sample by sample as loops up to a size threshold and for the whole batch above
-    it; the batched side runs tiny products, gates and activations as loops and large ones as ATen's
-    matmul and vectorised ops (2x32: every product under 4096 multiply-adds; 8x256: all above, and 2048
-    gate values). Each side, forced here through the threshold, is exact (float64, 1e-10), and what ran
-    is what was expected."""
+    """The small path runs each matrix product as loops up to a size threshold and as ATen's matmul above
+    it, and gates and activations as loops below 2048 values and as ATen's vectorised ops from there
+    (2x32: 64 gate values; 8x256: 2048). Each product kind, forced here through the threshold, is exact
+    (float64, 1e-10) in the forward and every gradient, and what ran is what was expected."""
     block = ChannelAttentionFusionT(
         channels,
         reduction=reduction,
+        fusion=fusion,
         act=act,
         gate=gate,
         learnable_temperature=True,
@@ -324,17 +326,16 @@ def test_small_path_both_sides_match_the_reference(
         dtype=torch.float64,
     )
     x = torch.randn(batch, channels, 3, 3, dtype=torch.float64)
-    threshold = lib.direct_max()
-    lib.set_direct_max(1 << 40 if side == "loops" else 0)
+    threshold = lib.loop_macs()
+    lib.set_loop_macs(1 << 40 if side == "loops" else 0)
     try:
         with torch.profiler.profile() as prof:
             fast = reference_grads(block, x)
     finally:
-        lib.set_direct_max(threshold)
+        lib.set_loop_macs(threshold)
     seen = {e.name for e in prof.events()}
-    large = side == "batched" and batch * channels >= 2048
-    assert bool(seen & set(MATMULS)) == large, seen & set(MATMULS)
-    assert ("aten::sigmoid" in seen or "aten::hardsigmoid" in seen) == large
+    assert bool(seen & set(MATMULS)) == (side == "matmul"), seen & set(MATMULS)
+    assert ("aten::sigmoid" in seen or "aten::hardsigmoid" in seen) == (batch * channels >= 2048)
     block.impl = "reference"
     ref = reference_grads(block, x)
     assert fast.keys() == ref.keys()

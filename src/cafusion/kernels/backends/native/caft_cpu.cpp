@@ -8,8 +8,7 @@
 //
 //   passes.h        the four big-tensor passes (pool_stats, scale, grad_ca, grad_input)
 //   cache.h         reuse of freed y/dx buffers
-//   small_direct.h  the small (B, C) path per sample as plain loops, for tiny problems
-//   small.h         the small path for the whole batch: matmuls through ATen, the elementwise rest as loops
+//   small.h         the small (B, C) path for the whole batch, in one buffer
 //
 // Tested against the reference composite by tests/test_backends.py, like every backend.
 
@@ -26,16 +25,11 @@
 #include "common.h"
 #include "passes.h"
 #include "small.h"
-#include "small_direct.h"
 
 namespace cafusion {
 
 using Out6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using Out10 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-
-struct Config {
-  bool softmax, hard, silu;
-};
 
 inline Config config_of(c10::string_view fusion, c10::string_view gate, c10::string_view act) {
   return {fusion == "softmax", gate == "hardsigmoid", act == "silu"};
@@ -86,14 +80,7 @@ Out6 forward_cpu(const Tensor& x_in, const OptTensor& valid, const Tensor& fc1_w
   std::vector<Tensor> stats = pool_stats(x3, need_index, valid);
   const auto dtype = compute_dtype(stats[0].scalar_type(), p.fc1_w.scalar_type());
   const Tensor avg = cast(stats[0], dtype), mx = cast(stats[1], dtype);
-  Tensor ca, w;
-  if (direct_ok(p, dtype, x3.size(0), cfg.softmax)) {
-    std::tie(ca, w) = direct_forward(avg, mx, p, cfg.softmax, cfg.hard, cfg.silu);
-  } else {
-    const Forward f = small_forward(avg, mx, net_of(p, dtype, cfg.softmax, cfg.hard, cfg.silu));
-    ca = f.ca;
-    w = f.w;
-  }
+  auto [ca, w] = small_forward(avg, mx, p, cfg);
   if (!w.defined()) w = at::empty({x.size(0), 0}, avg.options());
   const Tensor ca_x = cast(ca, x3.scalar_type());
   const Tensor idx = stats[2].defined() ? stats[2] : nothing(x, at::kLong);
@@ -120,18 +107,8 @@ Out10 backward_cpu(const Tensor& dy_in, const OptTensor& g_ca, const OptTensor& 
   // the mean's gradient spreads over the real positions: 1 / N per sample without a mask (divided inside
   // the small path), 1 / count with one (below)
   const int64_t avg_count = valid.has_value() ? 1 : x3.size(2);
-  std::vector<Tensor> g;
-  Tensor ca;
-  if (direct_ok(p, dtype, x3.size(0), cfg.softmax)) {
-    g = direct_backward(avg, mx, p, d_ca, gw, cfg.softmax, cfg.hard, cfg.silu, avg_count);
-    ca = g.back();
-    g.pop_back();
-  } else {
-    const Net n = net_of(p, dtype, cfg.softmax, cfg.hard, cfg.silu);
-    const Forward f = small_forward(avg, mx, n);
-    g = small_backward(f, n, p, d_ca, gw, avg_count);
-    ca = f.ca;
-  }
+  std::vector<Tensor> g = small_backward(avg, mx, p, cfg, d_ca, gw, avg_count);
+  const Tensor ca = g.back();
   Tensor dx = nothing(x, x.scalar_type());
   if (need_x) {
     TORCH_CHECK(idx.numel() == avg.numel(), "cafusion: the forward ran without the argmax but x needs a gradient");
@@ -264,8 +241,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_gather_max_n", [](int64_t n) { g_gather_max_n = std::min<int64_t>(n, kBlock); },
         "the longest rows (<= 1024) pooled through the gathers");
   m.def("gather_max_n", [] { return g_gather_max_n; }, "the longest rows pooled through the gathers");
-  m.def("set_direct_max", [](int64_t v) { g_direct_max = v; }, "largest B*C*max(H, R) the per-sample loops take");
-  m.def("direct_max", [] { return g_direct_max; }, "largest B*C*max(H, R) the per-sample loops take");
+  m.def("set_loop_macs", [](int64_t v) { g_loop_macs = v; }, "largest small-path product (multiply-adds) run as loops");
+  m.def("loop_macs", [] { return g_loop_macs; }, "largest small-path product (multiply-adds) run as loops");
   m.def("cache_set_limit", [](int64_t bytes) { return BufferCache::get().set_limit(static_cast<size_t>(bytes)); },
         "bound the output-buffer cache (0 turns it off); returns the bytes it still holds");
   m.def("cache_held", [] { return BufferCache::get().held(); }, "bytes of freed outputs the cache holds");

@@ -35,10 +35,11 @@ inline at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b) {
 
 inline Tensor cast(const Tensor& t, at::ScalarType dtype) { return t.scalar_type() == dtype ? t : t.to(dtype); }
 
-// The small path's elementwise functions, with torch's NaN behaviour (both small paths use them).
+// The small path's elementwise functions, with torch's NaN behaviour.
 template <typename A>
 inline A relu_of(A v) {
-  return (v > 0 || v != v) ? v : A(0);  // NaN stays NaN, as torch.relu
+  const A positive = v > A(0) ? v : A(0);
+  return v != v ? v : positive;  // NaN stays NaN, as torch.relu; two selects, so that loops vectorise
 }
 template <typename A>
 inline A sigmoid_of(A v) {
@@ -51,6 +52,11 @@ inline A hardsigmoid_of(A v) {
 }
 
 constexpr double kOneSixth = static_cast<double>(1.0f / 6.0f);  // torch's hardsigmoid_backward constant
+
+// The block's switches, as the op's schema passes them (fusion, gate, act).
+struct Config {
+  bool softmax, hard, silu;
+};
 
 // The block's parameters, as the op's schema lists them (absent ones nullopt).
 struct Params {
