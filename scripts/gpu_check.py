@@ -262,7 +262,7 @@ def check_small_path(checks: Checks, device: torch.device, dry: bool) -> None:
     from cafusion.kernels.backends import triton
     from cafusion.kernels.backends.pytorch import small
     from cafusion.kernels.backends.triton import small as triton_small
-    from cafusion.kernels.contract import Options
+    from cafusion.kernels.contract import SMALL_GRAD_NAMES, Options
 
     if not dry:
         probe, probe_p = torch.zeros(2, 64, 3, device=device), _small_params(64, 4, 16, True, torch.tensor(1.0), device)
@@ -303,7 +303,8 @@ def check_small_path(checks: Checks, device: torch.device, dry: bool) -> None:
             g_64 = small.backward(f_64, p64, g_ca.double(), g64, Options(fusion, gate, act))
             atol = 1e-5 * max(1.0, 1.0 / float(temp))
             outs = [(f.w, f.ca) for f in (f_tri, f_ref, f_64)]  # the forward's outputs, which the op reads
-            for names, tri, ref, truth in ((("w", "ca"), *outs), (g_ref._fields, g_tri, g_ref, g_64)):
+            grads = (SMALL_GRAD_NAMES, g_tri.flat(), g_ref.flat(), g_64.flat())
+            for names, tri, ref, truth in ((("w", "ca"), *outs), grads):
                 for name, a, r_, t in zip(names, tri, ref, truth, strict=True):
                     if r_ is None:
                         assert a is None, f"{name} should be None"

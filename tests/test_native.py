@@ -294,7 +294,7 @@ def reference_grads(block: ChannelAttentionFusionT, x: Tensor) -> dict[str, Tens
     loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum() for t in outputs)
     loss.backward()
     assert xin.grad is not None
-    grads = {name: t.detach() for name, t in zip(("y", "ca", "w"), outputs)}
+    grads = {name: t.detach() for name, t in zip(("y", "ca", "w")[: len(outputs)], outputs, strict=True)}
     grads["x"] = xin.grad
     grads.update({n: p.grad for n, p in block.named_parameters() if p.grad is not None})
     return grads

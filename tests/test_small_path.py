@@ -9,7 +9,7 @@ from torch import Tensor
 
 from cafusion.functional import composite
 from cafusion.kernels.backends.pytorch import small
-from cafusion.kernels.contract import Options, SmallGrads, Weights
+from cafusion.kernels.contract import SMALL_GRAD_NAMES, Options, Weights
 from cafusion.layers.caft_layer import ChannelAttentionFusionTLayer
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
@@ -71,7 +71,7 @@ def test_backward_is_autograd_of_attend_even_below_the_autograd_key(fusion: str,
     outputs = [ca] if w is None else [ca, w]
     wanted = [t for t in leaves if t is not None]
     want = iter(torch.autograd.grad(outputs, wanted, [g_ca, g_w][: len(outputs)]))
-    for name, g, leaf in zip(SmallGrads._fields, got, leaves, strict=True):
+    for name, g, leaf in zip(SMALL_GRAD_NAMES, got.flat(), leaves, strict=True):
         if leaf is None:
             assert g is None, name
             continue

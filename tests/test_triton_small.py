@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from cafusion.kernels.backends.pytorch import small
-from cafusion.kernels.contract import Options, Weights
+from cafusion.kernels.contract import SMALL_GRAD_NAMES, Options, Weights
 
 GROUPS = ("configs", "shapes", "edges", "block", "gpu_check", "plain_max")
 
@@ -83,9 +83,15 @@ def _rel_err(got: Tensor, truth: Tensor) -> float:
 
 
 def _compare(
-    what: str, tri: tuple[Any, ...], ref: tuple[Any, ...], truth: tuple[Any, ...], elementwise: set[str], atol: float
+    what: str,
+    names: tuple[str, ...],
+    tri: tuple[Any, ...],
+    ref: tuple[Any, ...],
+    truth: tuple[Any, ...],
+    elementwise: set[str],
+    atol: float,
 ) -> None:
-    for name, a, b, t in zip(ref._fields, tri, ref, truth, strict=True):  # type: ignore[attr-defined]
+    for name, a, b, t in zip(names, tri, ref, truth, strict=True):
         where = f"{what}: {name}"
         if b is None:
             assert a is None, f"{where} should be None"
@@ -141,7 +147,7 @@ def _one(
     f_tri = TS.forward(avg, mx, p, Options(fusion, gate, act))
     f_ref = small.forward(avg, mx, p, Options(fusion, gate, act))
     f_64 = small.forward(avg.double(), mx.double(), _double(p), Options(fusion, gate, act))
-    _compare(f"forward {what}", _out(f_tri), _out(f_ref), _out(f_64), _PER_SAMPLE, atol)
+    _compare(f"forward {what}", _Out._fields, _out(f_tri), _out(f_ref), _out(f_64), _PER_SAMPLE, atol)
     g_ca = torch.randn(b, c)
     g_w = torch.randn(b, 2) if with_g_w and fusion == "softmax" else None
     g_tri = TS.backward(f_tri, p, g_ca, g_w, Options(fusion, gate, act))
@@ -149,7 +155,7 @@ def _one(
     g_64 = small.backward(
         f_64, _double(p), g_ca.double(), None if g_w is None else g_w.double(), Options(fusion, gate, act)
     )
-    _compare(f"backward {what}", g_tri, g_ref, g_64, _PER_SAMPLE, atol)
+    _compare(f"backward {what}", SMALL_GRAD_NAMES, g_tri.flat(), g_ref.flat(), g_64.flat(), _PER_SAMPLE, atol)
 
 
 def check_configs() -> int:
@@ -206,7 +212,8 @@ def check_edges() -> int:
         f_ref = small.forward(empty, empty, p, Options(fusion, gate, act))
         g_tri = TS.backward(f_tri, p, empty, None, Options(fusion, gate, act))
         g_ref = small.backward(f_ref, p, empty, None, Options(fusion, gate, act))
-        for a, b in itertools.chain(zip(_out(f_tri), _out(f_ref), strict=True), zip(g_tri, g_ref, strict=True)):
+        pairs = zip((*_out(f_tri), *g_tri.flat()), (*_out(f_ref), *g_ref.flat()), strict=True)
+        for a, b in pairs:
             assert (a is None) == (b is None)
             if a is not None:
                 assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b), (config, a, b)

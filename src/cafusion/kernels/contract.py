@@ -111,20 +111,19 @@ class Saved(NamedTuple):
 
 
 class SmallGrads(NamedTuple):
-    """The small path's gradients: of the (B, C) statistics, then of every weight (None where absent),
-    each in its weight's dtype and shape."""
+    """The small path's gradients: of the (B, C) statistics, and ``weights``, one per weight in its dtype
+    and shape (None where the weight is absent or, with sum fusion, takes no part)."""
 
     avg: Tensor
     mx: Tensor
-    fc1_w: Tensor
-    fc1_b: Tensor | None
-    fc2_w: Tensor
-    fc2_b: Tensor | None
-    r1_w: Tensor | None
-    r1_b: Tensor | None
-    r2_w: Tensor | None
-    r2_b: Tensor | None
-    temperature: Tensor
+    weights: Weights
+
+    def flat(self) -> tuple[Tensor | None, ...]:
+        """avg, mx, then the weights' gradients in the op's order: ``SMALL_GRAD_NAMES``, for comparisons."""
+        return (self.avg, self.mx, *self.weights)
+
+
+SMALL_GRAD_NAMES = ("avg", "mx", *Weights._fields)
 
 
 class Gradients(NamedTuple):
@@ -145,8 +144,7 @@ class Gradients(NamedTuple):
     def of(cls, dx: Tensor, g: SmallGrads, empty: Callable[[], Tensor]) -> Gradients:
         """dx and the small path's weight gradients, ``empty()`` standing in for absent ones (an op
         returns no None)."""
-        weights = (g.fc1_w, g.fc1_b, g.fc2_w, g.fc2_b, g.r1_w, g.r1_b, g.r2_w, g.r2_b, g.temperature)
-        return cls(dx, *(empty() if t is None else t for t in weights))
+        return cls(dx, *(empty() if t is None else t for t in g.weights))
 
 
 class Backend(Protocol):

@@ -55,4 +55,6 @@ def backward(fw: Attended, w: Weights, g_ca: Tensor, g_w: Tensor | None, opts: O
         leaves = [avg, mx, *leaf_w]
         wanted = [t for t in leaves if t is not None]
         found = iter(torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True, materialize_grads=True))
-    return SmallGrads._make(None if t is None else next(found) for t in leaves)
+    g_avg, g_mx, *g_weights = (None if t is None else next(found) for t in leaves)
+    assert g_avg is not None and g_mx is not None
+    return SmallGrads(g_avg, g_mx, Weights._make(g_weights))

@@ -174,9 +174,7 @@ def backward(fw: Forward, p: Weights, g_ca: Tensor, g_w: Tensor | None, opts: Op
     dev = fw.u.device
     new = functools.partial(torch.empty, device=dev, dtype=torch.float32)
     g_avg, g_mx = new(b, c), new(b, c)
-    grads = SmallGrads(
-        g_avg,
-        g_mx,
+    weights = Weights(
         torch.empty(p.fc1_w.shape, device=dev, dtype=p.fc1_w.dtype),
         _like(p.fc1_b),
         torch.empty(p.fc2_w.shape, device=dev, dtype=p.fc2_w.dtype),
@@ -187,8 +185,9 @@ def backward(fw: Forward, p: Weights, g_ca: Tensor, g_w: Tensor | None, opts: Op
         _like(p.r2_b) if softmax else None,
         torch.empty(p.temperature.shape, device=dev, dtype=p.temperature.dtype),
     )
+    grads = SmallGrads(g_avg, g_mx, weights)
     if b == 0:  # no rows: every sum over the batch is zero
-        for g in grads[2:]:
+        for g in weights:
             if g is not None:
                 g.zero_()
         return grads
@@ -247,7 +246,7 @@ def backward(fw: Forward, p: Weights, g_ca: Tensor, g_w: Tensor | None, opts: Op
             fw.hid.contiguous(),
             q,
             p.temperature,
-            *(stand_in if g is None else g for g in grads[2:]),
+            *(stand_in if g is None else g for g in weights),
             b,
             c,
             h,
