@@ -131,15 +131,14 @@ def truth(case: Case, x: Tensor, p: Weights, seed: int, wide: torch.dtype | None
     valid = masking.as_mask(make_valid(case, seed), x)  # the composite takes masks only
     y, ca, w = composite.channel_attention_fusion(xs, *ps[:4], fusion, *ps[4:8], ps[8], gate, act, valid)
     w = w if w is not None else y.new_empty((x.shape[0], 0), dtype=ca.dtype)
-    ca2 = ca.flatten(1)
-    gy, gca, gw = upstream(case, y, ca2, w, seed)
-    loss = (y.double() * gy.double()).sum() + (ca2.double() * gca.double()).sum()
+    gy, gca, gw = upstream(case, y, ca, w, seed)
+    loss = (y.double() * gy.double()).sum() + (ca.double() * gca.double()).sum()
     if gw is not None:
         loss = loss + (w.double() * gw.double()).sum()
     wanted = [t for t in [xs, *ps] if t is not None]
     grads = iter(torch.autograd.grad(loss, wanted, allow_unused=True))
     found = [None if t is None else next(grads) for t in [xs, *ps]]
-    return dict(zip(NAMES, [y, ca2, w, *found], strict=True))
+    return dict(zip(NAMES, [y, ca, w, *found], strict=True))
 
 
 def _direct(backend: Any) -> Callable[[Case, Tensor, Weights, int], dict[str, Tensor | None]]:
@@ -168,9 +167,8 @@ def _through_op(case: Case, x: Tensor, p: Weights, seed: int) -> dict[str, Tenso
     fusion, gate, act = case.config["fusion"], case.config["gate"], case.config["act"]
     y, ca, w = op.run(xs, ps, Options(fusion, gate, act), make_valid(case, seed))
     w = w if w is not None else y.new_empty((x.shape[0], 0), dtype=ca.dtype)
-    ca2 = ca.flatten(1)
-    gy, gca, gw = upstream(case, y, ca2, w, seed)
-    outs, grads_out = [y, ca2], [gy, gca]
+    gy, gca, gw = upstream(case, y, ca, w, seed)
+    outs, grads_out = [y, ca], [gy, gca]
     if gw is not None:
         outs.append(w)
         grads_out.append(gw)
@@ -178,7 +176,7 @@ def _through_op(case: Case, x: Tensor, p: Weights, seed: int) -> dict[str, Tenso
     found = [t if t is None else t.grad for t in [xs, *ps]]
     if fusion == "sum":
         assert all(t is None or t.grad is None for t in ps[4:8]), "sum fusion must not touch the router"
-    return dict(zip(NAMES, [y, ca2, w, *found], strict=True))
+    return dict(zip(NAMES, [y, ca, w, *found], strict=True))
 
 
 def backend_runner(name: str) -> Callable[[Case, Tensor, Weights, int], dict[str, Tensor | None]]:

@@ -393,7 +393,7 @@ def opcheck_all() -> int:
         args = opcall.forward_args(x, params, config, need_index)
         torch.library.opcheck(op.caft_forward, args)
         y, ca, w, avg, mx, idx = op.caft_forward(*args)
-        assert y.shape == x.shape and ca.shape == (2, 16) and w.shape == (2, 2 if fusion == "softmax" else 0)
+        assert y.shape == x.shape and ca.shape == (2, 16, 1, 1) and w.shape == (2, 2 if fusion == "softmax" else 0)
         assert idx.shape == ((2, 16) if need_index else (0,))
         count += 1
         if need_index:

@@ -90,7 +90,7 @@ def reference(
 
 
 class Outputs(NamedTuple):
-    """The forward's results: y, ca (B, C), fusion_w (B, 2) or (B, 0), and what the backward needs:
+    """The forward's results: y, ca (B, C, 1, ...) (x's rank), fusion_w (B, 2) or (B, 0), and what the backward needs:
     the (B, C) mean and max in the compute dtype and the first argmax (int64, or empty when no
     gradient is needed)."""
 

@@ -29,7 +29,7 @@ def differentiable_backward(x: Tensor, valid: Tensor | None, *args: Any) -> list
     mask = masking.as_mask(valid, x, check=False)
     with torch.enable_grad():
         y, ca, fusion_w = reference(x, w[: N_WEIGHTS - 1], w.temperature, Options(fusion, gate, act), mask)
-    pairs = [(y, dy), (ca.flatten(1), g_ca), (fusion_w, g_w)]
+    pairs = [(y, dy), (ca, g_ca), (fusion_w, g_w)]
     outputs = [o for o, g in pairs if o is not None and g is not None and g.numel()]
     grad_outputs = [g for o, g in pairs if o is not None and g is not None and g.numel()]
     inputs = [x, *w]

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from cafusion._dtypes import compute_dtype
+from cafusion.functional.composite import FusionOutput
 from cafusion.kernels.backends import native, pytorch, triton
 from cafusion.kernels.contract import (
     N_WEIGHTS,
@@ -122,7 +123,8 @@ def _forward_fake(x: Tensor, valid: Tensor | None, *args: Any) -> tuple[Tensor, 
     y = pytorch.unflat(torch.empty_like(x.flatten(2)), x)
     fusion_w = x.new_empty((b, 2 if fusion == "softmax" else 0), dtype=dtype)
     index = x.new_empty((b, c) if need_index else (0,), dtype=torch.int64)
-    return y, x.new_empty((b, c)), fusion_w, x.new_empty((b, c), dtype=acc), x.new_empty((b, c), dtype=acc), index
+    ca = x.new_empty(pytorch.gate_shape(x))
+    return y, ca, fusion_w, x.new_empty((b, c), dtype=acc), x.new_empty((b, c), dtype=acc), index
 
 
 @torch.library.register_fake("cafusion::caft_backward")  # type: ignore[untyped-decorator]
@@ -183,7 +185,7 @@ for _key in (torch._C.DispatchKey.AutocastCPU, torch._C.DispatchKey.AutocastCUDA
 # The call the dispatcher (cafusion.dispatch) makes
 
 
-def run(x: Tensor, w: Weights, opts: Options, valid: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+def run(x: Tensor, w: Weights, opts: Options, valid: Tensor | None = None) -> FusionOutput:
     """(y, ca (B, C, 1, ...), fusion_w or None) through the op; ``valid`` the padding of a padded batch: the
     (B, N) mask of real positions, or the (B,) lengths of a (B, C, L) x (``cafusion.masking.valid_arg``),
     which each kernel range-checks before any work.
@@ -192,5 +194,4 @@ def run(x: Tensor, w: Weights, opts: Options, valid: Tensor | None = None) -> tu
         w = w.without_router()
     need_index = torch.is_grad_enabled() and x.requires_grad
     y, ca, fusion_w, *_ = caft_forward(x, valid, *w, *opts, need_index)
-    ca = ca.view(ca.shape + (1,) * (x.dim() - 2))
-    return y, ca, fusion_w if opts.fusion == "softmax" else None
+    return FusionOutput(y, ca, fusion_w if opts.fusion == "softmax" else None)

@@ -64,7 +64,15 @@ inline Params params_from(const Tensor& fc1_w, const OptTensor& fc1_b, const Ten
 
 inline Tensor nothing(const Tensor& like, at::ScalarType dtype) { return at::empty({0}, like.options().dtype(dtype)); }
 
-// The op's CPU forward: (y, ca (B, C) in x's dtype, fusion_w (B, 2) or (B, 0), avg, max, argmax or empty).
+// ca's shape as the op returns it, (B, C, 1, ...): broadcastable against x, so that no caller reshapes it.
+inline std::vector<int64_t> gate_shape(const Tensor& x) {
+  std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
+  shape[0] = x.size(0);
+  shape[1] = x.size(1);
+  return shape;
+}
+
+// The op's CPU forward: (y, ca (B, C, 1, ...) in x's dtype, fusion_w (B, 2) or (B, 0), avg, max, argmax or empty).
 Out6 forward_cpu(const Tensor& x_in, const OptTensor& valid, const Tensor& fc1_w, const OptTensor& fc1_b, const Tensor& fc2_w,
                  const OptTensor& fc2_b, const OptTensor& r1_w, const OptTensor& r1_b, const OptTensor& r2_w,
                  const OptTensor& r2_b, const Tensor& temperature, c10::string_view fusion, c10::string_view gate,
@@ -84,7 +92,7 @@ Out6 forward_cpu(const Tensor& x_in, const OptTensor& valid, const Tensor& fc1_w
   if (!w.defined()) w = at::empty({x.size(0), 0}, avg.options());
   const Tensor ca_x = cast(ca, x3.scalar_type());
   const Tensor idx = stats[2].defined() ? stats[2] : nothing(x, at::kLong);
-  return {scale(x, ca_x), ca_x, w, stats[0], stats[1], idx};
+  return {scale(x, ca_x), ca_x.view(gate_shape(x_in)), w, stats[0], stats[1], idx};
 }
 
 // The op's CPU backward: (dx or empty, d fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature),
@@ -151,6 +159,15 @@ const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+// Whether autograd records this call: grad mode on, and x or a parameter requiring a gradient.
+inline bool needs_graph(const Tensor& x, std::initializer_list<OptTensor> params) {
+  if (!at::GradMode::is_enabled()) return false;
+  if (x.requires_grad()) return true;
+  for (const auto& t : params)
+    if (t.has_value() && t->requires_grad()) return true;
+  return false;
+}
+
 inline OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
 
 struct CaftFunction : public torch::autograd::Function<CaftFunction> {
@@ -208,6 +225,13 @@ Out6 forward_autograd(const Tensor& x, const OptTensor& valid, const Tensor& fc1
                       const OptTensor& fc2_b, const OptTensor& r1_w, const OptTensor& r1_b, const OptTensor& r2_w,
                       const OptTensor& r2_b, const Tensor& temperature, c10::string_view fusion, c10::string_view gate,
                       c10::string_view act, bool need_index) {
+  if (!needs_graph(x, {fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature})) {
+    // Nothing to differentiate (inference, or frozen weights and x): the kernel alone, without the
+    // custom Function's bookkeeping (a sixth of a small block's forward in instructions).
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return forward_op().call(x, valid, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, fusion, gate,
+                             act, need_index);
+  }
   const variable_list out =
       CaftFunction::apply(x, valid, fc1_w, fc1_b, fc2_w, fc2_b, r1_w, r1_b, r2_w, r2_b, temperature, std::string(fusion),
                           std::string(gate), std::string(act), need_index);

@@ -29,6 +29,11 @@ def empty(like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     return like.new_empty((0,), dtype=dtype or like.dtype)
 
 
+def gate_shape(x: Tensor) -> tuple[int, ...]:
+    """ca's shape as the op returns it, (B, C, 1, ...): broadcastable against x, so that no caller reshapes it."""
+    return (x.shape[0], x.shape[1]) + (1,) * (x.dim() - 2)
+
+
 def unflat(t3: Tensor, x: Tensor) -> Tensor:
     """(B, C, N) -> x's shape without a copy, detached so that the op's output is not a view of an
     internal tensor (a view could not be modified in place afterwards: ``out += identity`` in a ResNet)."""
@@ -57,7 +62,8 @@ def compose_forward(
     ca = _cast(fw.ca, x.dtype)
     y = unflat(ops.scale(x3, ca), x)
     fusion_w = fw.w if fw.w is not None else avg.new_empty((x.shape[0], 0), dtype=dtype)
-    return Outputs(y, ca, fusion_w, avg, mx, idx if idx is not None else empty(avg, torch.int64))
+    ca_out = ca.reshape(gate_shape(x)).detach()  # detached as in unflat: not a view of an internal tensor
+    return Outputs(y, ca_out, fusion_w, avg, mx, idx if idx is not None else empty(avg, torch.int64))
 
 
 def compose_backward(
