@@ -111,7 +111,15 @@ def masked_max(x: Tensor, valid: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------
 # Lengths through models that pass one tensor (nn.Sequential, timm/torchvision blocks)
 
-_current = threading.local()
+
+class _Padding(threading.local):
+    """The enclosing ``padding`` block's (lengths, mask, length) in this thread, or None. A class-level
+    default, so that the lookup on every layer call outside a block raises (and swallows) no AttributeError."""
+
+    value: tuple[Tensor | None, Tensor | None, int | None] | None = None
+
+
+_current = _Padding()
 
 
 @contextlib.contextmanager
@@ -125,7 +133,7 @@ def padding(lengths: Tensor | None = None, mask: Tensor | None = None, *, length
     (clamped to the layer's axis). A mask is only used by layers whose spatial shape equals it.
     Thread-local, so data-parallel threads do not see each other's batches.
     """
-    previous = getattr(_current, "value", None)
+    previous = _current.value
     _current.value = (lengths, mask, length)
     try:
         yield
@@ -135,7 +143,7 @@ def padding(lengths: Tensor | None = None, mask: Tensor | None = None, *, length
 
 def current(x: Tensor) -> tuple[Tensor | None, Tensor | None]:
     """The (lengths, mask) of the enclosing ``padding`` block, adapted to x's shape (or (None, None))."""
-    value = getattr(_current, "value", None)
+    value = _current.value
     if value is None:
         return None, None
     lengths, mask, full = value
