@@ -65,7 +65,7 @@ def views(shape: tuple[int, ...], dtype: torch.dtype) -> dict[str, Tensor]:
     return out
 
 
-SHAPES = [(2, 5, 7, 7), (3, 17, 1, 1), (1, 1, 40, 30), (2, 300, 4, 5), (2, 3, 4, 5, 6), (4, 6, 33)]
+SHAPES = [(2, 5, 7, 7), (3, 17, 1, 1), (1, 1, 40, 30), (2, 300, 4, 5), (2, 3, 4, 5, 6), (4, 6, 33), (5, 9, 10)]
 
 
 def first_max(x3: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,6 +150,27 @@ def test_grad_ca_and_grad_input(lib: ModuleType, shape: tuple[int, ...], dtype: 
         assert dx3.stride() == torch.empty_like(dy3).stride(), name
         want_dx = torch_passes.grad_input(dy3, ca, g_avg, g_max, idx)
         torch.testing.assert_close(dx3, want_dx, rtol=tol, atol=tol, msg=name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 5, 10, 15, 16])
+def test_tiny_rows_give_the_same_bits_as_any_other_row(lib: ModuleType, n: int, dtype: torch.dtype) -> None:
+    """Dense rows shorter than 16 run loops of a fixed length (passes.h, with_fixed_n); every other
+    row-layout tensor the general ones. The same values through both (a dense map, and the same map as
+    every other channel of a wider one) give the same numbers, bit for bit."""
+    gen = torch.Generator().manual_seed(n)
+    wide = torch.randn(7, 2 * 9, n, generator=gen).to(dtype)
+    strided, dense = wide[:, ::2], wide[:, ::2].contiguous()
+    wide_dy = torch.randn(wide.shape, generator=gen).to(dtype)
+    dy_strided, dy_dense = wide_dy[:, ::2], wide_dy[:, ::2].contiguous()
+    ca = torch.rand(7, 9, generator=gen).to(dtype)
+    assert torch.equal(lib.scale(dense, ca), lib.scale(strided, ca))
+    d_ca = lib.grad_ca(dy_dense, dense)
+    assert torch.equal(d_ca, lib.grad_ca(dy_strided, strided))
+    _, _, idx = lib.pool_stats(dense, True)
+    g_avg, g_max = (torch.randn(7, 9, generator=gen).to(d_ca.dtype) for _ in range(2))
+    got = lib.grad_input(dy_dense, ca, g_avg, g_max, idx)
+    assert torch.equal(got, lib.grad_input(dy_strided, ca, g_avg, g_max, idx))
 
 
 PADDED_SHAPES = [(5, 25, 40), (4, 33, 150), (3, 16, 7), (2, 300, 20), (6, 3, 1000)]

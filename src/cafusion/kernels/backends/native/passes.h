@@ -323,6 +323,28 @@ void each_row_block(int64_t rows, int64_t n, const F& f) {
   });
 }
 
+// Rows shorter than kTinyRow (a 1D map of 5 or 10 positions) in a (B, C, N) tensor stored as B * C rows
+// one after another: scale, grad_ca and grad_input run their row loops at a length fixed at compile
+// time (with_fixed_n), as a loop of unknown length costs more in setup and tail than such a row's work.
+// Per training step at 100x25x10 (callgrind, instructions): scale 151K -> 66K, grad_ca 341K -> 118K,
+// grad_input 256K -> 104K. The same arithmetic in the same order, so the same numbers.
+constexpr int64_t kTinyRow = 16;
+
+inline bool dense_rows(const Tensor& t) {
+  const int64_t B = t.size(0), C = t.size(1), N = t.size(2);
+  return (t.stride(2) == 1 || N == 1) && (t.stride(1) == N || C == 1) && (t.stride(0) == C * N || B == 1);
+}
+
+// f(std::integral_constant<int64_t, n>{}) for 1 <= n < kTinyRow: row loops of a length the compiler
+// knows, which it unrolls into straight vector code.
+template <int64_t K = 1, typename F>
+void with_fixed_n(int64_t n, const F& f) {
+  if constexpr (K < kTinyRow) {
+    if (n == K) return f(std::integral_constant<int64_t, K>{});
+    with_fixed_n<K + 1>(n, f);
+  }
+}
+
 template <typename T>
 void pool_impl(const Tensor& x3, Tensor& avg, Tensor& mx, Tensor& idx) {
   using A = acc_t<T>;
@@ -531,6 +553,17 @@ void scale_impl(const Tensor& x3, const Tensor& ca, Tensor& y3) {
   const T* x = x3.data_ptr<T>();
   const T* g = ca.data_ptr<T>();
   T* y = y3.data_ptr<T>();
+  if (N < kTinyRow && dense_rows(x3) && dense_rows(y3)) {
+    with_fixed_n(N, [&](auto n) {
+      at::parallel_for(0, B * C, grain_rows(n), [&](int64_t lo, int64_t hi) {
+        for (int64_t r = lo; r < hi; ++r) {
+          const A f = static_cast<A>(g[r]);
+          for (int64_t k = 0; k < n; ++k) y[r * n + k] = static_cast<T>(static_cast<A>(x[r * n + k]) * f);
+        }
+      });
+    });
+    return;
+  }
   if (rows_layout(x3)) {
     at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
@@ -586,6 +619,20 @@ void grad_ca_impl(const Tensor& dy3, const Tensor& x3, Tensor& out) {
   const T* x = x3.data_ptr<T>();
   const T* d = dy3.data_ptr<T>();
   A* o = out.data_ptr<A>();
+  if (N < kTinyRow && dense_rows(x3) && dense_rows(dy3)) {  // the same sums as dot_row's below kLanes
+    with_fixed_n(N, [&](auto n) {
+      at::parallel_for(0, B * C, grain_rows(n), [&](int64_t lo, int64_t hi) {
+        for (int64_t r = lo; r < hi; ++r) {
+          A p[decltype(n)::value];
+          for (int64_t k = 0; k < n; ++k) p[k] = static_cast<A>(d[r * n + k]) * static_cast<A>(x[r * n + k]);
+          double total = 0;
+          for (int64_t k = 0; k < n; ++k) total += p[k];
+          o[r] = static_cast<A>(total);
+        }
+      });
+    });
+    return;
+  }
   if (rows_layout(x3)) {
     at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
@@ -634,6 +681,22 @@ void grad_input_impl(const Tensor& dy3, const Tensor& ca, const Tensor& g_avg, c
     T& at = o[b * vo.b + c * vo.c + pi[b * C + c] * vo.n];
     at = static_cast<T>(static_cast<A>(at) + static_cast<A>(pm[b * C + c]));
   };
+  if (N < kTinyRow && vm == nullptr && len == nullptr && dense_rows(dy3) && dense_rows(dx3)) {
+    with_fixed_n(N, [&](auto n) {
+      at::parallel_for(0, B * C, grain_rows(n), [&](int64_t lo, int64_t hi) {
+        for (int64_t r = lo; r < hi; ++r) {
+          const A f = static_cast<A>(pc[r]), a = static_cast<A>(pa[r]);
+          const T* dr = d + r * n;
+          T* out = o + r * n;
+          for (int64_t k = 0; k < n; ++k)
+            out[k] = static_cast<T>(static_cast<A>(static_cast<T>(static_cast<A>(dr[k]) * f)) + a);
+          T& at = out[pi[r]];
+          at = static_cast<T>(static_cast<A>(at) + static_cast<A>(pm[r]));
+        }
+      });
+    });
+    return;
+  }
   if (rows_layout(dy3)) {
     at::parallel_for(0, B * C, grain_rows(N), [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
